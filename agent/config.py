@@ -1,0 +1,299 @@
+"""Configuration: a TOML file, `CPE_AGENT_*` environment overrides and secret files.
+
+The only module that imports pydantic-settings. `load_settings(path)` returns a
+validated `Settings` or raises `ConfigError` carrying one sentence per problem
+(file, key, what is wrong), which the CLI prints before exiting with code 2.
+
+Precedence, highest first: environment (`CPE_AGENT_MQTT__HOST=...`, `__` between
+section and key), then the TOML file, then defaults. Secrets (router and MQTT
+passwords) may be given as `*_file` keys pointing to a file, so they stay out of the
+config file and out of `ps`; systemd's `LoadCredential=` directory works the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/cpe-agent/agent.toml")
+ENV_PREFIX = "CPE_AGENT_"
+
+DEVICE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. `problems` holds one sentence each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(_Section):
+    #: The site's id on MQTT topics: lower-case letters, digits and '-'.
+    device_id: str
+    #: Persistent state (SQLite: mode, meter, outbox). On flash: written sparingly.
+    state_dir: Path = Path("/var/lib/cpe-agent")
+    #: Volatile status for `cpe-agent status` (tmpfs: written every second).
+    runtime_dir: Path = Path("/run/cpe-agent")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        if not DEVICE_ID_PATTERN.match(value):
+            raise ValueError("must be 1-63 of a-z, 0-9 and '-', starting with a letter or digit")
+        return value
+
+
+class RouterSection(_Section):
+    driver: Literal["linux", "routeros"] = "linux"
+    host: str | None = None
+    #: RouterOS api-ssl is 8729; plain 8728 only with `plain_api = true`.
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    plain_api: bool = False
+    tls_ca_file: Path | None = None
+    tls_verify: bool = True
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _routeros_needs_host(self) -> RouterSection:
+        if self.driver == "routeros" and not self.host:
+            raise ValueError("driver 'routeros' needs 'host' (the router's address)")
+        return self
+
+
+class LinkSection(_Section):
+    interface: str = Field(min_length=1, max_length=15)
+    #: Next hop; needed for the cellular link's routing table unless point-to-point.
+    gateway: ipaddress.IPv4Address | None = None
+    #: Source address for probes; read from the interface when unset.
+    source_address: ipaddress.IPv4Address | None = None
+
+
+class LinksSection(_Section):
+    primary: LinkSection
+    cellular: LinkSection
+
+    @model_validator(mode="after")
+    def _distinct(self) -> LinksSection:
+        if self.primary.interface == self.cellular.interface:
+            raise ValueError("primary and cellular must be different interfaces")
+        return self
+
+
+class VoipSection(_Section):
+    lan_interfaces: list[str] = Field(min_length=1)
+    #: The provider's SBCs, in several data centres: probed and classified as VoIP.
+    sbc_addresses: list[ipaddress.IPv4Address] = Field(min_length=1)
+    #: Extra provider prefixes (media servers) whose SIP/RTP is VoIP too.
+    media_prefixes: list[ipaddress.IPv4Network] = Field(default_factory=list)
+    sip_ports: list[int] = Field(default_factory=lambda: [5060, 5061], min_length=1)
+    rtp_port_min: int = Field(default=10000, ge=1024, le=65535)
+    rtp_port_max: int = Field(default=20000, ge=1024, le=65535)
+    match_dscp_ef: bool = True
+    sip_probe_port: int = Field(default=5060, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _rtp_range(self) -> VoipSection:
+        if self.rtp_port_min > self.rtp_port_max:
+            raise ValueError("rtp_port_min must not be above rtp_port_max")
+        return self
+
+
+class HealthSection(_Section):
+    #: ICMP targets; empty means the SBC addresses.
+    icmp_targets: list[ipaddress.IPv4Address] = Field(default_factory=list)
+    primary_interval_s: float = Field(default=0.25, gt=0, le=60)
+    #: The cellular link is probed sparsely while idle: each probe costs plan bytes.
+    cellular_idle_interval_s: float = Field(default=45.0, ge=5, le=600)
+    cellular_active_interval_s: float = Field(default=1.0, gt=0, le=60)
+    sip_interval_s: float = Field(default=5.0, gt=0, le=600)
+    down_after_s: float = Field(default=1.0, gt=0, le=60)
+    min_targets_up: int = Field(default=1, ge=1)
+    window_s: float = Field(default=10.0, gt=0, le=600)
+    degraded_loss_pct: float = Field(default=3.0, ge=0, le=100)
+    degraded_rtt_ms: float = Field(default=300.0, gt=0)
+    degraded_jitter_ms: float = Field(default=40.0, gt=0)
+    degraded_mos: float = Field(default=3.6, ge=1, le=4.5)
+    codec: Literal["g711", "g729"] = "g711"
+    sip_required: bool = True
+    cellular_better_margin_mos: float = Field(default=0.5, ge=0, le=4)
+
+
+class FailoverSection(_Section):
+    dwell_s: float = Field(default=120.0, ge=0)
+    wait_for_calls: bool = True
+    max_call_wait_s: float = Field(default=600.0, ge=0)
+    degraded_hold_s: float = Field(default=10.0, ge=0)
+    flap_window_s: float = Field(default=1800.0, ge=0)
+    dwell_max_s: float = Field(default=1800.0, ge=0)
+
+
+class PlanSection(_Section):
+    #: Decimal GB (10^9 bytes), as carriers bill.
+    cap_gb: float = Field(default=2.0, gt=0)
+    cycle_start_day: int = Field(default=1, ge=1, le=31)
+    timezone: str = "UTC"
+    overage_usd_per_gb: float = Field(default=15.0, ge=0)
+
+
+class MqttSection(_Section):
+    #: No host: telemetry is off (the agent still fails over).
+    host: str | None = None
+    port: int = Field(default=8883, ge=1, le=65535)
+    tls: bool = True
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    keepalive_s: int = Field(default=60, ge=5, le=3600)
+
+
+class Settings(BaseSettings):
+    """The whole configuration; one model per TOML section."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    agent: AgentSection
+    router: RouterSection = RouterSection()
+    links: LinksSection
+    voip: VoipSection
+    health: HealthSection = HealthSection()
+    failover: FailoverSection = FailoverSection()
+    plan: PlanSection = PlanSection()
+    mqtt: MqttSection = MqttSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    def probe_targets(self) -> list[str]:
+        targets = self.health.icmp_targets or self.voip.sbc_addresses
+        return [str(t) for t in targets]
+
+    def voip_prefixes(self) -> list[str]:
+        sbcs = [f"{a}/32" for a in self.voip.sbc_addresses]
+        return sbcs + [str(p) for p in self.voip.media_prefixes]
+
+
+def load_settings(path: Path) -> Settings:
+    """Read, merge and validate; raise ConfigError with one sentence per problem."""
+    problems: list[str] = []
+    if not path.exists():
+        raise ConfigError(
+            [
+                f"{path}: the file does not exist; "
+                "copy packaging/agent.example.toml there and edit it."
+            ]
+        )
+    try:
+        with path.open("rb") as handle:
+            tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        problem = f"{path}: not valid TOML ({exc}); fix the syntax there."
+        raise ConfigError([problem]) from exc
+    except OSError as exc:
+        problem = f"{path}: cannot be read ({exc.strerror}); check its permissions."
+        raise ConfigError([problem]) from exc
+    try:
+        settings: Settings = _settings_from_file(path)()
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.append(_sentence(path, error))
+        raise ConfigError(problems) from exc
+    secret_problems = _check_secret_files(path, settings)
+    if secret_problems:
+        raise ConfigError(secret_problems)
+    return settings
+
+
+def _settings_from_file(path: Path) -> type[Settings]:
+    """A Settings subclass bound to one TOML file (pydantic-settings reads it from config)."""
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    return FileSettings
+
+
+def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
+    """A secret from the config, or from its file (trailing newline stripped)."""
+    if file is not None:
+        return file.read_text(encoding="utf-8").rstrip("\n")
+    return value.get_secret_value() if value is not None else None
+
+
+def _check_secret_files(path: Path, settings: Settings) -> list[str]:
+    problems = []
+    for section, key in (("router", "password_file"), ("mqtt", "password_file")):
+        file = getattr(getattr(settings, section), key)
+        if file is not None and not os.access(file, os.R_OK):
+            problems.append(
+                f"{path}: [{section}] {key} = {file}: the file cannot be read; "
+                "create it or fix its permissions."
+            )
+    return problems
+
+
+def _sentence(path: Path, error: Any) -> str:
+    loc = [str(part) for part in error.get("loc", ())]
+    section = loc[0] if loc else ""
+    key = ".".join(loc[1:])
+    where = f"[{section}] {key}".strip() if key else f"[{section}]"
+    kind = error.get("type", "")
+    message = error.get("msg", "is invalid")
+    if kind == "missing":
+        what = "is required but missing; add it (see packaging/agent.example.toml)"
+    elif kind == "extra_forbidden":
+        what = "is not a known setting; check its spelling against packaging/agent.example.toml"
+    else:
+        message = message.removeprefix("Value error, ")
+        given = error.get("input")
+        shown = f" (got {given!r})" if given is not None and not isinstance(given, dict) else ""
+        what = f"{message[:1].lower()}{message[1:]}{shown}"
+    return f"{path}: {where} {what}."

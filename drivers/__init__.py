@@ -1,0 +1,1 @@
+"""Device drivers for cpe-agent: routers and modems. Knows nothing of `agent`."""

@@ -1,0 +1,1 @@
+"""Router drivers: the Linux router (netlink + nftables) and MikroTik RouterOS."""
