@@ -25,7 +25,7 @@ from agent.domain import TO_CELLULAR, TO_PRIMARY, Action, Mode, Verdict
 from drivers.types import VoipPath
 
 
-class TestSignal(enum.StrEnum):
+class InstallerTestSignal(enum.StrEnum):
     START = "start"
     END = "end"
 
@@ -49,7 +49,7 @@ class Observation:
     #: LTE measurably better for voice than the (degraded) primary, right now.
     cellular_better: bool = False
     active_calls: int = 0
-    test: TestSignal | None = None
+    test: InstallerTestSignal | None = None
 
 
 @dataclass(frozen=True)
@@ -84,15 +84,15 @@ def effective_dwell_s(state: FsmState, now_s: float, config: FsmConfig) -> float
 
 
 def _test_start(s: FsmState, o: Observation, now: float, c: FsmConfig) -> bool:
-    return o.test is TestSignal.START
+    return o.test is InstallerTestSignal.START
 
 
 def _test_end_primary_ok(s: FsmState, o: Observation, now: float, c: FsmConfig) -> bool:
-    return o.test is TestSignal.END and o.primary is not Verdict.DOWN
+    return o.test is InstallerTestSignal.END and o.primary is not Verdict.DOWN
 
 
 def _test_end_primary_down(s: FsmState, o: Observation, now: float, c: FsmConfig) -> bool:
-    return o.test is TestSignal.END and o.primary is Verdict.DOWN
+    return o.test is InstallerTestSignal.END and o.primary is Verdict.DOWN
 
 
 def _primary_down_cellular_usable(s: FsmState, o: Observation, now: float, c: FsmConfig) -> bool:
