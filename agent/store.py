@@ -113,6 +113,19 @@ class Store:
             for seq, kind, wall, data, pub in rows
         ]
 
+    def recent_events(self, count: int) -> list[StoredEvent]:
+        """The newest `count` events, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, kind, wall_time_s, data, published FROM events "
+                "ORDER BY seq DESC LIMIT ?",
+                (count,),
+            ).fetchall()
+        return [
+            StoredEvent(seq, Event(EventKind(kind), wall, json.loads(data)), bool(pub))
+            for seq, kind, wall, data, pub in reversed(rows)
+        ]
+
     def unpublished_events(self, limit: int = 100) -> list[StoredEvent]:
         with self._lock:
             rows = self._db.execute(

@@ -1,0 +1,331 @@
+"""Composition root: settings -> drivers (via the registry) -> services -> one asyncio loop.
+
+The only agent module that touches `drivers.registry`. It wires the health monitor's
+assessments and the router's carrier events into the failover controller, keeps the
+status file fresh and watches the router for drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+from typing import Any
+
+from agent.clock import Clock
+from agent.config import Settings, read_secret
+from agent.domain import Event, EventKind, LinkRole, Mode, Verdict
+from agent.failover.controller import FailoverController
+from agent.failover.fsm import FsmConfig, Observation
+from agent.health import wiring as health_wiring
+from agent.status import write_status
+from agent.store import Store
+from drivers import registry
+from drivers.errors import DriverError
+from drivers.router.base import RouterDriver
+from drivers.types import VoipPolicy
+
+log = logging.getLogger(__name__)
+
+EVALUATE_EVERY_S = 0.5
+STATUS_EVERY_S = 1.0
+DRIFT_CHECK_EVERY_S = 30.0
+CALLS_POLL_EVERY_S = 2.0
+
+
+def build_router(settings: Settings) -> RouterDriver:
+    router_cfg = settings.router
+    options: dict[str, Any] = {
+        "host": router_cfg.host,
+        "port": router_cfg.port,
+        "username": router_cfg.username,
+        "password": read_secret(router_cfg.password, router_cfg.password_file),
+        "plain_api": router_cfg.plain_api,
+        "tls_ca_file": router_cfg.tls_ca_file,
+        "tls_verify": router_cfg.tls_verify,
+        "timeout_s": router_cfg.timeout_s,
+    }
+    driver_class = registry.load_router_driver(router_cfg.driver)
+    driver: RouterDriver = driver_class(**options)
+    return driver
+
+
+def build_policy(settings: Settings) -> VoipPolicy:
+    voip = settings.voip
+    cellular = settings.links.cellular
+    agent_prefixes: tuple[str, ...] = ()
+    if settings.mqtt.host and _is_ipv4(settings.mqtt.host):
+        agent_prefixes = (f"{settings.mqtt.host}/32",)
+    return VoipPolicy(
+        primary_interface=settings.links.primary.interface,
+        cellular_interface=cellular.interface,
+        cellular_gateway=str(cellular.gateway) if cellular.gateway else None,
+        lan_interfaces=tuple(voip.lan_interfaces),
+        voip_prefixes=tuple(settings.voip_prefixes()),
+        sip_ports=tuple(voip.sip_ports),
+        rtp_port_min=voip.rtp_port_min,
+        rtp_port_max=voip.rtp_port_max,
+        match_dscp_ef=voip.match_dscp_ef,
+        agent_prefixes=agent_prefixes,
+    )
+
+
+def fsm_config(settings: Settings) -> FsmConfig:
+    f = settings.failover
+    return FsmConfig(
+        dwell_s=f.dwell_s,
+        wait_for_calls=f.wait_for_calls,
+        max_call_wait_s=f.max_call_wait_s,
+        degraded_hold_s=f.degraded_hold_s,
+        flap_window_s=f.flap_window_s,
+        dwell_max_s=f.dwell_max_s,
+    )
+
+
+async def remove_router_config(settings: Settings) -> int:
+    router = build_router(settings)
+    await router.open()
+    try:
+        return await router.remove_all()
+    finally:
+        await router.close()
+
+
+async def run_agent(
+    settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None
+) -> None:
+    clock = clock or Clock()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    store = Store(settings.agent.state_dir / "agent.db")
+    router = build_router(settings)
+    await router.open()
+    try:
+        agent = Agent(settings, router, store, clock)
+        await agent.start()
+        await agent.run_until(stop)
+    finally:
+        await router.close()
+        store.close()
+
+
+class Agent:
+    """The running agent: health in, decisions out, status and events on the side."""
+
+    def __init__(self, settings: Settings, router: RouterDriver, store: Store, clock: Clock):
+        self.settings = settings
+        self.router = router
+        self.store = store
+        self.clock = clock
+        self.policy = build_policy(settings)
+        self.controller = FailoverController(router, store, clock, fsm_config(settings))
+        self.assessments: dict[LinkRole, Any] = {}
+        self.verdict_since_wall_s: dict[LinkRole, float] = {}
+        self.active_calls = 0
+        self.router_state: Any = None
+        self.mode_since_wall_s = clock.wall()
+        self._changed = asyncio.Event()
+        self._interfaces = {
+            settings.links.primary.interface: LinkRole.PRIMARY,
+            settings.links.cellular.interface: LinkRole.CELLULAR,
+        }
+        self.monitor = health_wiring.build_monitor(settings, clock, self._on_assessment)
+
+    async def start(self) -> None:
+        await self.router.apply_policy(self.policy)
+        await self.controller.resume()
+        self.store.append_event(
+            Event(
+                EventKind.AGENT_STARTED,
+                self.clock.wall(),
+                {"mode": self.controller.state.mode.value, "path": self.controller.state.path},
+            )
+        )
+        self._set_cellular_interval()
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        tasks = [
+            asyncio.create_task(self.monitor.run(), name="health-monitor"),
+            asyncio.create_task(self._carrier_loop(), name="carrier"),
+            asyncio.create_task(self._decide_loop(), name="decide"),
+            asyncio.create_task(self._status_loop(), name="status"),
+            asyncio.create_task(self._router_loop(), name="router-watch"),
+        ]
+        stop_task = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in [*tasks, stop_task]:
+            task.cancel()
+        for task in done:
+            if task is not stop_task and not task.cancelled() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- inputs ---------------------------------------------------------------------
+
+    def _on_assessment(self, role: str, assessment: Any) -> None:
+        link = LinkRole(role)
+        previous = self.assessments.get(link)
+        if previous is None or previous.verdict != assessment.verdict:
+            self.verdict_since_wall_s[link] = self.clock.wall()
+        self.assessments[link] = assessment
+        self._changed.set()
+
+    async def _carrier_loop(self) -> None:
+        """The fast path: a lost carrier is a down link, no probe needed."""
+        for interface, role in self._interfaces.items():
+            try:
+                status = await self.router.link_status(interface)
+                self.monitor.set_carrier(role.value, status.carrier_up)
+            except DriverError as exc:
+                log.warning("cannot read %s: %s", interface, exc)
+        async for event in self.router.watch_carrier():
+            role = self._interfaces.get(event.interface)
+            if role is not None:
+                log.info("carrier %s on %s", "up" if event.carrier_up else "down", event.interface)
+                self.monitor.set_carrier(role.value, event.carrier_up)
+
+    # --- decisions ------------------------------------------------------------------
+
+    def _verdict(self, role: LinkRole) -> Verdict:
+        assessment = self.assessments.get(role)
+        return Verdict(assessment.verdict) if assessment is not None else Verdict.UNKNOWN
+
+    def observation(self) -> Observation:
+        primary = self.assessments.get(LinkRole.PRIMARY)
+        cellular = self.assessments.get(LinkRole.CELLULAR)
+        better = False
+        if primary is not None and cellular is not None:
+            better = health_wiring.cellular_better(self.settings, primary, cellular)
+        return Observation(
+            primary=self._verdict(LinkRole.PRIMARY),
+            cellular=self._verdict(LinkRole.CELLULAR),
+            cellular_better=better,
+            active_calls=self.active_calls,
+        )
+
+    async def _decide_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), EVALUATE_EVERY_S)
+            self._changed.clear()
+            await self.decide()
+
+    async def decide(self) -> None:
+        try:
+            transition = await self.controller.observe(self.observation())
+        except DriverError as exc:
+            log.error("failover action failed: %s", exc)
+            return
+        if transition is not None:
+            self.mode_since_wall_s = self.clock.wall()
+            log.info(
+                "%s -> %s (%s) in %.0f ms",
+                transition.from_mode.value,
+                transition.to_mode.value,
+                transition.reason,
+                transition.switch_s * 1000,
+            )
+            self._set_cellular_interval()
+
+    def _set_cellular_interval(self) -> None:
+        """Probe LTE sparsely while idle (plan bytes); closely whenever it may carry VoIP."""
+        health = self.settings.health
+        busy = self.controller.state.mode is not Mode.PRIMARY
+        interval = health.cellular_active_interval_s if busy else health.cellular_idle_interval_s
+        self.monitor.set_interval(LinkRole.CELLULAR.value, interval)
+
+    # --- the router -----------------------------------------------------------------
+
+    async def _router_loop(self) -> None:
+        """Count calls while recovering; check for drift and tampering, and repair."""
+        last_drift_check = -DRIFT_CHECK_EVERY_S
+        while True:
+            now = self.clock.monotonic()
+            try:
+                if self.controller.state.mode is Mode.RECOVERING:
+                    self.active_calls = await self.router.active_calls()
+                else:
+                    self.active_calls = 0
+                if now - last_drift_check >= DRIFT_CHECK_EVERY_S:
+                    last_drift_check = now
+                    await self._check_drift()
+            except DriverError as exc:
+                log.warning("router check failed: %s", exc)
+            await self.clock.sleep(CALLS_POLL_EVERY_S)
+
+    async def _check_drift(self) -> None:
+        state = await self.router.read_state()
+        expected_path = self.controller.state.path
+        drift = list(state.drift)
+        if state.voip_path is not expected_path:
+            drift.append(f"VoIP path is {state.voip_path}, expected {expected_path.value}")
+        self.router_state = state
+        if not drift:
+            return
+        self.store.append_event(
+            Event(EventKind.ROUTER_DRIFT, self.clock.wall(), {"drift": drift, "repaired": True})
+        )
+        log.warning("router drift, re-applying: %s", "; ".join(drift))
+        await self.router.apply_policy(self.policy)
+        await self.router.set_voip_path(expected_path)
+        self.router_state = await self.router.read_state()
+
+    # --- status ---------------------------------------------------------------------
+
+    async def _status_loop(self) -> None:
+        while True:
+            try:
+                write_status(self.settings.agent.runtime_dir, self.status())
+            except OSError as exc:
+                log.warning("cannot write the status file: %s", exc)
+            await self.clock.sleep(STATUS_EVERY_S)
+
+    def status(self) -> dict[str, Any]:
+        state = self.controller.state
+        links: dict[str, Any] = {}
+        for role, link_cfg in (
+            (LinkRole.PRIMARY, self.settings.links.primary),
+            (LinkRole.CELLULAR, self.settings.links.cellular),
+        ):
+            assessment = self.assessments.get(role)
+            entry: dict[str, Any] = {"interface": link_cfg.interface, "verdict": "unknown"}
+            if assessment is not None:
+                entry.update(health_wiring.assessment_figures(assessment))
+                entry["verdict_since_wall_s"] = self.verdict_since_wall_s.get(role)
+            links[role.value] = entry
+        router: dict[str, Any] = {"driver": self.settings.router.driver}
+        if self.router_state is not None:
+            router.update(
+                in_sync=not self.router_state.drift,
+                drift=list(self.router_state.drift),
+                blocked_packets=self.router_state.blocked_packets,
+                blocked_bytes=self.router_state.blocked_bytes,
+            )
+        recent = [
+            f"{stored.event.kind.value} {stored.event.data.get('reason', '')}".strip()
+            for stored in self.store.recent_events(5)
+        ]
+        return {
+            "device_id": self.settings.agent.device_id,
+            "mode": state.mode.value,
+            "voip_path": state.path.value,
+            "mode_since_wall_s": self.mode_since_wall_s,
+            "active_calls": self.active_calls,
+            "links": links,
+            "router": router,
+            "recent_events": recent,
+            "written_wall_s": self.clock.wall(),
+        }
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
