@@ -184,10 +184,10 @@ class Agent:
             except DriverError as exc:
                 log.warning("cannot read %s: %s", interface, exc)
         async for event in self.router.watch_carrier():
-            role = self._interfaces.get(event.interface)
-            if role is not None:
+            changed = self._interfaces.get(event.interface)
+            if changed is not None:
                 log.info("carrier %s on %s", "up" if event.carrier_up else "down", event.interface)
-                self.monitor.set_carrier(role.value, event.carrier_up)
+                self.monitor.set_carrier(changed.value, event.carrier_up)
 
     # --- decisions ------------------------------------------------------------------
 

@@ -241,7 +241,7 @@ def load_settings(path: Path) -> Settings:
         problem = f"{path}: cannot be read ({exc.strerror}); check its permissions."
         raise ConfigError([problem]) from exc
     try:
-        settings: Settings = _settings_from_file(path)()
+        settings: Settings = _settings_from_file(path)()  # type: ignore[call-arg]
     except ValidationError as exc:
         for error in exc.errors():
             problems.append(_sentence(path, error))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.clock import Clock
@@ -144,8 +145,8 @@ class FailoverController:
         if t.to_mode is Mode.BOTH_DOWN:
             self._event(EventKind.BOTH_DOWN, data)
 
-    def _event(self, kind: EventKind, data: dict[str, object]) -> None:
-        self.store.append_event(Event(kind, self.clock.wall(), data))
+    def _event(self, kind: EventKind, data: Mapping[str, object]) -> None:
+        self.store.append_event(Event(kind, self.clock.wall(), dict(data)))
         log.info("event %s %s", kind.value, data)
 
     def _persist(self) -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from hil.lab.cli import main
+
+sys.exit(main())
