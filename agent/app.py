@@ -134,10 +134,20 @@ class Agent:
             settings.links.primary.interface: LinkRole.PRIMARY,
             settings.links.cellular.interface: LinkRole.CELLULAR,
         }
-        self.monitor = health_wiring.build_monitor(settings, clock, self._on_assessment)
+        self.monitor: Any = None
 
     async def start(self) -> None:
         await self.router.apply_policy(self.policy)
+        sources: dict[str, str | None] = {}
+        for role, link in (
+            ("primary", self.settings.links.primary),
+            ("cellular", self.settings.links.cellular),
+        ):
+            status = await self.router.link_status(link.interface)
+            sources[role] = status.addresses[0] if status.addresses else None
+        self.monitor = health_wiring.build_monitor(
+            self.settings, self.clock, self._on_assessment, sources
+        )
         await self.controller.resume()
         self.store.append_event(
             Event(

@@ -5,8 +5,9 @@
     python -m hil.lab status [--prefix P] [--json]
     python -m hil.lab impair primary|cellular blackhole | loss PCT | down | up | rate KBIT
                                               | delay MS | clear
-    python -m hil.lab impair target ADDRESS dead|alive      python -m hil.lab impair target clear
-    python -m hil.lab exec NODE -- COMMAND...               (NODE: phone pc cpe isp lte inet sbc web)
+    python -m hil.lab impair target ADDRESS dead|alive
+    python -m hil.lab impair target clear
+    python -m hil.lab exec NODE -- COMMAND...    (NODE: phone pc cpe isp lte inet sbc web)
 
 The prefix defaults to $CPE_LAB_PREFIX, else `cpl-`.
 """

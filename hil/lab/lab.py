@@ -129,12 +129,12 @@ class Lab:
             )
 
     def _prepare_dir(self) -> None:
-        if self.lab_dir.exists() and any(self.lab_dir.iterdir()):
-            if not (self.lab_dir / MARKER).exists():
-                raise LabError(
-                    f"{self.lab_dir} exists and is not a lab directory; choose another "
-                    "--config-dir (the lab removes its directory on down)"
-                )
+        foreign = not (self.lab_dir / MARKER).exists()
+        if foreign and self.lab_dir.exists() and any(self.lab_dir.iterdir()):
+            raise LabError(
+                f"{self.lab_dir} exists and is not a lab directory; choose another "
+                "--config-dir (the lab removes its directory on down)"
+            )
         for sub in ("", "pids", "logs", "www"):
             (self.lab_dir / sub).mkdir(parents=True, exist_ok=True)
         (self.lab_dir / MARKER).write_text(f"{self.prefix}\n")

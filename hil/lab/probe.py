@@ -90,7 +90,7 @@ def parse_sip_response(text: str) -> dict:
     """Status line and headers of a SIP response (header names lower-cased)."""
     head = text.split("\r\n\r\n", 1)[0]
     lines = head.split("\r\n")
-    version, status, reason = (lines[0].split(" ", 2) + ["", ""])[:3]
+    version, status, reason = [*lines[0].split(" ", 2), "", ""][:3]
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")

@@ -5,9 +5,9 @@ they are constants. Only the namespace prefix varies (`cpl-` by default; tests u
 prefix of their own so they never disturb a running demo lab).
 
 ```
- cpl-phone eth0 ─┐                                             ┌─ dc0  ── cpl-sbc  up0
- cpl-pc    eth0 ─┤ lan0 (bridge)  cpl-cpe  wan0 ── cpe0 cpl-isp up0 ── isp0 cpl-inet
-                                          lte0 ── cpe0 cpl-lte up0 ── lte0          └─ web0 ── cpl-web  up0
+ phone eth0 ─┐                                                    ┌ dc0  ── up0 sbc
+ pc    eth0 ─┴ lan0 (bridge) cpe wan0 ── cpe0 isp up0 ── isp0 inet ┤
+                                 lte0 ── cpe0 lte up0 ── lte0      └ web0 ── up0 web
 ```
 
 Every address is in a documentation or shared range (192.0.2.0/24, 198.51.100.0/24,

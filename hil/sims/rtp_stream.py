@@ -23,6 +23,8 @@ on stdout (the sink also writes it to --summary).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import select
@@ -117,7 +119,7 @@ def voice_path_gaps(
         previous = arrival
     failover = [s.gap_s for s in switches if s.from_source == primary]
     failback = [s.gap_s for s in switches if s.from_source == cellular]
-    silences = [b.t_s - a.t_s for a, b in zip(ordered, ordered[1:], strict=False)]
+    silences = [b.t_s - a.t_s for a, b in itertools.pairwise(ordered)]
     lost, duplicates = _loss(ordered)
     return VoicePathGaps(
         switches=tuple(switches),
@@ -256,10 +258,8 @@ def sink(bind: tuple[str, int], out: TextIO | None, *, echo: bool, duration_s: f
         arrival = Arrival(arrived, source[0], rtp[0] if rtp else None)
         arrivals.append(arrival)
         if echo:
-            try:
+            with contextlib.suppress(OSError):
                 sock.sendto(data, source)
-            except OSError:
-                pass
         if out is not None:
             out.write(json.dumps({"t": arrived, "src": source[0], "sport": source[1],
                                   "seq": arrival.seq, "bytes": len(data)}) + "\n")

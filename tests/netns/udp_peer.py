@@ -1,7 +1,7 @@
 """A tiny UDP peer for the netns tests, run inside a namespace with `ip netns exec`.
 
-    serve PORT...            echo every datagram back; print one JSON line per datagram
-                             ({"src": ..., "sport": ..., "dport": ..., "tos": ...})
+    serve ADDR,... PORT...   echo every datagram back; print one JSON line per datagram
+                             ({"src": ..., "sport": ..., "dport": ...})
     send DST PORT [options]  send datagrams (optionally from a fixed source port, with a
                              TOS byte, for a duration) and exit
 
@@ -18,13 +18,15 @@ import sys
 import time
 
 
-def serve(ports: list[int], deadline_s: float) -> None:
+def serve(addresses: list[str], ports: list[int], deadline_s: float) -> None:
+    """One socket per address and port, so each echo leaves from the address the datagram
+    was sent to and conntrack sees it as the reply (not as a new flow)."""
     selector = selectors.DefaultSelector()
-    for port in ports:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", port))
-        selector.register(sock, selectors.EVENT_READ, port)
+    for address in addresses:
+        for port in ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((address, port))
+            selector.register(sock, selectors.EVENT_READ, port)
     print(json.dumps({"ready": ports}), flush=True)
     end = time.monotonic() + deadline_s
     while (left := end - time.monotonic()) > 0:
@@ -56,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve")
+    serve_parser.add_argument("addresses", type=lambda text: text.split(","))
     serve_parser.add_argument("ports", type=int, nargs="+")
     serve_parser.add_argument("--deadline-s", type=float, default=60.0)
     send_parser = commands.add_parser("send")
@@ -69,7 +72,7 @@ def main() -> None:
     send_parser.add_argument("--interval-s", type=float, default=0.0)
     args = parser.parse_args()
     if args.command == "serve":
-        serve(args.ports, args.deadline_s)
+        serve(args.addresses, args.ports, args.deadline_s)
     else:
         send(args)
 

@@ -92,7 +92,7 @@ def test_non_latin_bytes_round_trip(logged_in: RawClient) -> None:
     assert attrs(got[0])["comment"] == comment
 
 
-def _recv(sock, n: int) -> bytes:  # noqa: ANN001
+def _recv(sock, n: int) -> bytes:
     buf = b""
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))

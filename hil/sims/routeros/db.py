@@ -7,11 +7,13 @@ the API server (its own thread) and the side channel (test threads) share it.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from . import query
 from .menus import MenuSpec, Tree
@@ -277,7 +279,7 @@ class ConfigDB:
             if path == "/ip/address" and "network" not in props and "/" in props["address"]:
                 props["network"] = _network(props["address"])
             if "creation-time" in spec.props:
-                props["creation-time"] = self.profile.format_datetime(_now_wall())
+                props["creation-time"] = self.profile.format_datetime(datetime.now())
             item = self.insert(path, props, index=index, **flags)
             return format_id(item.id)
 
@@ -360,12 +362,4 @@ class ConfigDB:
 
 
 def _network(address: str) -> str:
-    import ipaddress
-
     return str(ipaddress.ip_interface(address).network.network_address)
-
-
-def _now_wall():  # noqa: ANN202 - datetime, kept local to ease monkeypatching in tests
-    from datetime import datetime
-
-    return datetime.now()

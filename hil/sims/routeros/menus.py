@@ -47,11 +47,11 @@ def _props(*items: Prop) -> dict[str, Prop]:
     return {p.name: p for p in items}
 
 
-def P(name: str, kind: str = "str", default: str | None = None, **kw: object) -> Prop:  # noqa: N802
+def P(name: str, kind: str = "str", default: str | None = None, **kw: object) -> Prop:
     return Prop(name, kind, default, **kw)  # type: ignore[arg-type]
 
 
-def RO(name: str, kind: str = "str", default: str | None = None) -> Prop:  # noqa: N802
+def RO(name: str, kind: str = "str", default: str | None = None) -> Prop:
     return Prop(name, kind, default, read_only=True)
 
 

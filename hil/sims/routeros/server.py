@@ -187,6 +187,8 @@ class ApiServer:
         if user is None:
             await cmd.trap(Trap(BAD_LOGIN))
             return
+        if cmd.session.user is not None:
+            self.sim.session_closed(cmd.session)  # logging in again replaces the session
         cmd.session.user = user
         self.sim.session_opened(cmd.session)
         await cmd.done()

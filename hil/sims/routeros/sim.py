@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from .control import ControlServer
@@ -143,7 +144,7 @@ class RouterOSSim:
         return {p for p in policy.split(",") if p and not p.startswith("!")}
 
     def session_opened(self, session: Session) -> None:
-        when = self.profile.format_datetime(_now())
+        when = self.profile.format_datetime(datetime.now())
         props = {"name": session.user or "", "when": when, "address": session.peer,
                  "via": "api", "radius": "false"}
         with self.db.lock:
@@ -238,7 +239,7 @@ class RouterOSSim:
             if was and not running:
                 item.props["link-downs"] = str(int(item.props.get("link-downs", "0")) + 1)
             if running and not was:
-                item.props["last-link-up-time"] = self.profile.format_datetime(_now())
+                item.props["last-link-up-time"] = self.profile.format_datetime(datetime.now())
             self.db._notify("/interface", item)
 
     def _interface(self, name: str) -> Any:
@@ -354,9 +355,3 @@ class RouterOSSim:
 
 def _packets(n_bytes: int) -> int:
     return 0 if n_bytes <= 0 else max(1, n_bytes // 1500)
-
-
-def _now():  # noqa: ANN202
-    from datetime import datetime
-
-    return datetime.now()

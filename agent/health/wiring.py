@@ -1,0 +1,97 @@
+"""Builds the health monitor from the settings: which probes, bound to which link.
+
+Kept apart from `app.py` so the composition root stays short, and apart from the
+monitor so the monitor stays free of configuration details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from agent.clock import Clock
+from agent.config import Settings
+from agent.health.monitor import LinkSpec, Monitor
+from agent.health.probes import IcmpProber, SipOptionsProber
+from agent.health.scoring import HealthPolicy, LinkAssessment, cellular_better_for_voice
+
+
+def health_policy(settings: Settings) -> HealthPolicy:
+    h = settings.health
+    return HealthPolicy(
+        window_s=h.window_s,
+        down_after_s=h.down_after_s,
+        min_targets_up=h.min_targets_up,
+        degraded_loss_pct=h.degraded_loss_pct,
+        degraded_rtt_ms=h.degraded_rtt_ms,
+        degraded_jitter_ms=h.degraded_jitter_ms,
+        degraded_mos=h.degraded_mos,
+        codec=h.codec,
+        sip_required=h.sip_required,
+    )
+
+
+def build_monitor(
+    settings: Settings,
+    clock: Clock,
+    on_assessment: Callable[[str, LinkAssessment], None],
+    source_addresses: dict[str, str | None],
+) -> Monitor:
+    """One LinkSpec per role; each link's probes bound to its device and source address.
+
+    Binding both matters: the device keeps the primary's probes off LTE even in
+    failover, and the source address selects the cellular routing table (the driver
+    installs `from <LTE address> lookup <cellular table>`).
+    """
+    policy = health_policy(settings)
+    targets = tuple(settings.probe_targets())
+    sbcs = tuple((str(a), settings.voip.sip_probe_port) for a in settings.voip.sbc_addresses)
+    links: dict[str, LinkSpec] = {}
+    for role, link, interval_s in (
+        ("primary", settings.links.primary, settings.health.primary_interval_s),
+        ("cellular", settings.links.cellular, settings.health.cellular_idle_interval_s),
+    ):
+        source = str(link.source_address) if link.source_address else source_addresses.get(role)
+        icmp = IcmpProber(
+            monotonic=clock.monotonic,
+            source_address=source,
+            device=link.interface,
+            timeout_s=max(1.0, settings.health.down_after_s),
+        )
+        sip = SipOptionsProber(
+            monotonic=clock.monotonic,
+            source_address=source,
+            device=link.interface,
+        )
+        links[role] = LinkSpec(
+            icmp_prober=icmp,
+            icmp_targets=targets,
+            policy=policy,
+            interval_s=interval_s,
+            sip_prober=sip,
+            sip_targets=sbcs,
+            sip_interval_s=settings.health.sip_interval_s,
+        )
+    return Monitor(clock, links, on_assessment)
+
+
+def cellular_better(settings: Settings, primary: Any, cellular: Any) -> bool:
+    margin = settings.health.cellular_better_margin_mos
+    return cellular_better_for_voice(primary, cellular, margin)
+
+
+def assessment_figures(assessment: LinkAssessment) -> dict[str, Any]:
+    """The figures `cpe-agent status` shows for a link."""
+    return {
+        "verdict": assessment.verdict.value,
+        "reason": assessment.reason,
+        "loss_pct": assessment.loss_pct,
+        "rtt_ms": assessment.rtt_ms,
+        "jitter_ms": assessment.jitter_ms,
+        "mos": assessment.mos,
+        "r_factor": assessment.r_factor,
+        "targets_up": assessment.targets_up,
+        "targets_total": assessment.targets_total,
+        "sip_targets_up": assessment.sip_targets_up,
+        "carrier_up": assessment.carrier_up,
+    }
