@@ -22,6 +22,7 @@ does not read as 33 % loss; and only once the window holds `min_quality_samples`
 
 from __future__ import annotations
 
+import bisect
 import enum
 import statistics
 from collections.abc import Iterable, Sequence
@@ -136,17 +137,30 @@ class _Reach:
 # -- statistics --------------------------------------------------------------------
 
 
-def _by_target(samples: Iterable[Sample], method: str) -> dict[str, list[Sample]]:
-    grouped: dict[str, list[Sample]] = {}
-    for sent_at, result in samples:
-        if result.method == method:
-            grouped.setdefault(result.target, []).append((sent_at, result))
-    for seq in grouped.values():
-        seq.sort(key=lambda s: s[0])
+def _group(samples: Iterable[Sample]) -> dict[str, dict[str, list[Sample]]]:
+    """method -> target -> samples sorted by send time, in one pass."""
+    grouped: dict[str, dict[str, list[Sample]]] = {}
+    for sample in samples:
+        result = sample[1]
+        grouped.setdefault(result.method, {}).setdefault(result.target, []).append(sample)
+    for by_target in grouped.values():
+        for seq in by_target.values():
+            seq.sort(key=_sent_at)
     return grouped
 
 
-def _stats(target: str | None, series: Sequence[Sequence[Sample]]) -> WindowStats:
+def _sent_at(sample: Sample) -> float:
+    return sample[0]
+
+
+def _window(seq: list[Sample], now_s: float, window_s: float) -> list[Sample]:
+    """The part of a sorted series sent in [now - window, now]."""
+    lo = bisect.bisect_left(seq, now_s - window_s, key=_sent_at)
+    hi = bisect.bisect_right(seq, now_s, key=_sent_at)
+    return seq[lo:hi]
+
+
+def _stats(target: str | None, series: Iterable[Sequence[Sample]]) -> WindowStats:
     """Stats over one or more per-target series (each sorted by send time)."""
     sent = answered = 0
     rtts: list[float] = []
@@ -176,17 +190,12 @@ def _stats(target: str | None, series: Sequence[Sequence[Sample]]) -> WindowStat
     )
 
 
-def _in_window(samples: Iterable[Sample], now_s: float, window_s: float) -> list[Sample]:
-    start = now_s - window_s
-    return [s for s in samples if start <= s[0] <= now_s]
-
-
 def target_stats(
     samples: Iterable[Sample], now_s: float, window_s: float, method: str = "icmp"
 ) -> dict[str, WindowStats]:
     """Per-target stats over the samples sent in [now - window, now]."""
-    grouped = _by_target(_in_window(samples, now_s, window_s), method)
-    return {t: _stats(t, [seq]) for t, seq in sorted(grouped.items())}
+    grouped = _group(samples).get(method, {})
+    return {t: _stats(t, [_window(seq, now_s, window_s)]) for t, seq in sorted(grouped.items())}
 
 
 def pooled_stats(
@@ -197,9 +206,11 @@ def pooled_stats(
     targets: Iterable[str] | None = None,
 ) -> WindowStats:
     """Stats pooled over targets (all, or those named); jitter never spans two targets."""
-    grouped = _by_target(_in_window(samples, now_s, window_s), method)
+    grouped = _group(samples).get(method, {})
     keep = set(grouped) if targets is None else set(targets)
-    return _stats(None, [seq for t, seq in sorted(grouped.items()) if t in keep])
+    return _stats(
+        None, [_window(seq, now_s, window_s) for t, seq in sorted(grouped.items()) if t in keep]
+    )
 
 
 # -- reachability ------------------------------------------------------------------
@@ -234,13 +245,11 @@ def _reach(
 
 
 def _reach_all(
-    samples: Iterable[Sample],
-    method: str,
+    grouped: dict[str, list[Sample]],
     in_flight: Iterable[InFlight],
     now_s: float,
     policy: HealthPolicy,
 ) -> list[_Reach]:
-    grouped = _by_target(samples, method)
     flying: dict[str, list[float]] = {}
     for sent_at, target in in_flight:
         flying.setdefault(target, []).append(sent_at)
@@ -281,12 +290,17 @@ def assess_link(
     last answer); `in_flight` lists ICMP probes still out, so that a blackhole is seen
     before the probes' own timeouts expire.
     """
-    samples = list(samples)
-    icmp = _reach_all(samples, "icmp", in_flight, now_s, policy)
-    sip = _reach_all(samples, "sip", (), now_s, policy)
+    grouped = _group(samples)
+    icmp = _reach_all(grouped.get("icmp", {}), in_flight, now_s, policy)
+    sip = _reach_all(grouped.get("sip", {}), (), now_s, policy)
     alive = [t.target for t in icmp if t.state == "alive"]
-    per_target = tuple(target_stats(samples, now_s, policy.window_s).values())
-    pooled = pooled_stats(samples, now_s, policy.window_s, targets=alive or None)
+    windowed = {
+        t: _window(seq, now_s, policy.window_s)
+        for t, seq in sorted(grouped.get("icmp", {}).items())
+    }
+    per_target = tuple(_stats(t, [seq]) for t, seq in windowed.items())
+    keep = set(alive) if alive else set(windowed)
+    pooled = _stats(None, [seq for t, seq in windowed.items() if t in keep])
     r = mos = None
     if pooled.rtt_median_ms is not None and pooled.loss_pct is not None:
         r, mos = voice_quality(

@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lab {lab.prefix!r} is up in {time.monotonic() - started:.1f} s "
                   f"({len(lab.namespaces())} namespaces; SBCs "
                   f"{', '.join(t.SBC_ADDRESSES.values())} answering SIP; web {t.WEB_ADDRESS})")
+            if args.mqtt:
+                print(f"mqtt broker: {t.MQTT_ADDRESS}:{t.MQTT_PORT} (mosquitto, no TLS)")
             print(f"agent config: {lab.config_path}")
             print("run a cpe-agent command inside the CPE's namespace, e.g.:")
             print(f"  ip netns exec {lab.ns(t.CPE)} {agent} status --config {lab.config_path}")

@@ -28,6 +28,7 @@ from typing import Any
 from hil.lab import plan, procs
 from hil.lab import topology as t
 from hil.lab.agent_config import render_agent_config
+from hil.lab.status import lab_status
 from hil.sims import sip_peer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -229,11 +230,15 @@ class Lab:
         self._remove_dir()
         with contextlib.suppress(OSError):
             self._index_file().unlink()
+        with contextlib.suppress(OSError):
+            INDEX_DIR.rmdir()  # only when no other lab is recorded there
         self._netem = None
 
     def _remove_dir(self) -> None:
-        if (self.lab_dir / MARKER).exists():
-            shutil.rmtree(self.lab_dir, ignore_errors=True)
+        # Only directories the lab made (they hold its marker), never a user's directory.
+        for directory in {self.lab_dir, self._recorded_dir()}:
+            if (directory / MARKER).exists():
+                shutil.rmtree(directory, ignore_errors=True)
 
     # --- running things in the lab --------------------------------------------------------
 
@@ -368,42 +373,7 @@ class Lab:
 
     def status(self) -> dict[str, Any]:
         """What is alive: namespaces, daemons, the CPE's link carriers, impairments."""
-        existing = set(self.namespaces())
-        info: dict[str, Any] = {
-            "prefix": self.prefix,
-            "lab_dir": str(self.lab_dir),
-            "config": str(self.config_path) if self.config_path.exists() else None,
-            "namespaces": {self.ns(n): self.ns(n) in existing for n in t.NODES},
-            "processes": {
-                r.name: {"pid": r.pid, "alive": procs.is_alive(r)}
-                for r in procs.read_pidfiles(self.pid_dir)
-            },
-        }
-        if self.ns(t.CPE) in existing:
-            info["carrier"] = {
-                ifname: self.carrier(t.CPE, ifname) for ifname in (t.PRIMARY_IF, t.CELLULAR_IF)
-            }
-        impairments: dict[str, list[str]] = {}
-        for link, (node, cpe_side, up_side) in t.LINK_SIDES.items():
-            if self.ns(node) not in existing:
-                continue
-            found = []
-            tables = self.exec(node, ["nft", "list", "tables"]).stdout
-            found += [kind for kind, table in (("blackhole", plan.BLACKHOLE_TABLE),
-                                                ("loss", plan.LOSS_TABLE)) if table in tables]
-            if not self.carrier(node, cpe_side):
-                found.append("down")
-            for ifname in (cpe_side, up_side):
-                qdisc = self.exec(node, ["tc", "qdisc", "show", "dev", ifname, "root"]).stdout
-                found += [f"{kind} on {ifname}" for kind in ("tbf", "netem") if kind in qdisc]
-            impairments[link] = found
-        if self.ns(t.INET) in existing:
-            listing = self.exec(
-                t.INET, ["nft", "-j", "list", "set", "ip", plan.TARGET_TABLE, plan.TARGET_SET]
-            ).stdout
-            impairments["dead_targets"] = _set_elements(listing)
-        info["impairments"] = impairments
-        return info
+        return lab_status(self)
 
     def _run(self, step: plan.Step, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = list(step.argv)
@@ -445,13 +415,3 @@ def _existing_namespaces() -> list[str]:
     result = _run(["ip", "netns", "list"])
     return [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
 
-
-def _set_elements(nft_json: str) -> list[str]:
-    try:
-        data = json.loads(nft_json)
-    except json.JSONDecodeError:
-        return []
-    for item in data.get("nftables", []):
-        if "set" in item:
-            return [str(e) for e in item["set"].get("elem", [])]
-    return []

@@ -60,7 +60,7 @@ def build_steps(prefix: str) -> list[Step]:
         _ip_batch(None, [f"netns add {t.namespace(prefix, n)}" for n in t.NODES], "namespaces")
     ]
     for node in t.NODES:
-        pairs = t.COMMON_SYSCTLS
+        pairs: tuple[tuple[str, str], ...] = t.COMMON_SYSCTLS
         if node in t.ROUTERS:
             pairs = pairs + t.ROUTER_SYSCTLS
         if node == t.CPE:

@@ -43,7 +43,7 @@ def write_pidfile(pid_dir: Path, name: str, pid: int) -> PidRecord:
 
 
 def read_pidfiles(pid_dir: Path) -> list[PidRecord]:
-    records = []
+    records: list[PidRecord] = []
     if not pid_dir.is_dir():
         return records
     for path in sorted(pid_dir.glob("*.pid")):
@@ -65,8 +65,11 @@ def terminate(pids: list[int], *, grace_s: float = 2.0, group: bool = False) -> 
     `group` signals each pid's process group (the lab starts daemons in their own
     session, so the group is exactly the daemon and its children).
     """
-    live = {pid: start_ticks(pid) for pid in pids}
-    live = {pid: ticks for pid, ticks in live.items() if ticks is not None}
+    live: dict[int, int] = {}
+    for pid in pids:
+        ticks = start_ticks(pid)
+        if ticks is not None:
+            live[pid] = ticks
     if not live:
         return
     _signal_all(live, signal.SIGTERM, group)

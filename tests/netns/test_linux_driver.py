@@ -2,9 +2,10 @@
 
 Three namespaces per test, named `cpt-<random>-...` so they never meet the lab's:
 
-    lan   eth0 100.64.1.10/24 ── lan0 100.64.1.1/24    cpe   wan0 198.51.100.2/30 ── isp0 198.51.100.1/30   far
-                                                            lte0 100.64.100.2/24 ── carrier0 100.64.100.1/24
-                                                                                    lo 203.0.113.10 (SBC), .80 (web)
+    lan  eth0 100.64.1.10/24 --- lan0 100.64.1.1/24  cpe
+    cpe  wan0 198.51.100.2/30 --- isp0 198.51.100.1/30  far  (the primary)
+    cpe  lte0 100.64.100.2/24 --- carrier0 100.64.100.1/24  far  (the LTE side)
+    far  lo 203.0.113.10 (the SBC), 203.0.113.80 (a web host)
 
 `cpe` forwards, routes by default via wan0 and masquerades on wan0 like a customer's
 router. `far` echoes UDP and says which source address each datagram came from: the
@@ -327,9 +328,7 @@ async def test_active_calls_counts_recent_rtp(
         sender.wait(timeout=5)
 
 
-async def test_drift_is_reported_and_apply_repairs_it(
-    net: Net, driver: LinuxRouterDriver
-) -> None:
+async def test_drift_is_reported_and_apply_repairs_it(net: Net, driver: LinuxRouterDriver) -> None:
     await driver.apply_policy(POLICY)
     await driver.set_voip_path(VoipPath.CELLULAR)
 
@@ -408,8 +407,9 @@ async def test_watch_carrier_reports_loss_promptly(net: Net, driver: LinuxRouter
 
     task = asyncio.create_task(consume())
     try:
-        # Prove the watch is live (bound) by toggling a dummy until it reports.
-        net.ns(net.cpe, "ip", "link", "add", "probe0", "type", "dummy")
+        # Prove the watch is live (bound) by toggling a spare veth until it reports.
+        net.ns(net.cpe, "ip", "link", "add", "probe0", "type", "veth", "peer", "probe1")
+        net.ns(net.cpe, "ip", "link", "set", "probe1", "up")
         up = False
         for _ in range(40):
             up = not up
@@ -427,6 +427,7 @@ async def test_watch_carrier_reports_loss_promptly(net: Net, driver: LinuxRouter
         event = await asyncio.wait_for(_next_for(events, "lte0"), 2.0)
         assert event == LinkEvent("lte0", False)
         latency_s = time.monotonic() - started
+        print(f"carrier-down latency {latency_s * 1000:.0f} ms")
         net.ns(net.far, "ip", "link", "set", "carrier0", "up")
         event = await asyncio.wait_for(_next_for(events, "lte0"), 2.0)
         assert event == LinkEvent("lte0", True)

@@ -276,9 +276,12 @@ def test_least_privilege(sim: RouterOSSim) -> None:
     assert "!write" in group["policy"].split(",") and "api" in group["policy"].split(",")
     active = rows(client.talk("/user/active/print", "?name=reader"))
     assert active[0]["via"] == "api"
+    client.close()
     sim.set_group_policy("noapi", "read,!api")
     sim.add_user("noapi", "pw", "noapi")
-    assert RawClient(sim.address).login("noapi", "pw")[0][0] == "!trap"
+    other = RawClient(sim.address)
+    assert other.login("noapi", "pw")[0][0] == "!trap"
+    other.close()
 
 
 def test_ping_answers_from_reachability_map(logged_in: RawClient, sim: RouterOSSim) -> None:
@@ -293,6 +296,11 @@ def test_ping_answers_from_reachability_map(logged_in: RawClient, sim: RouterOSS
     assert [r["seq"] for r in up] == ["0", "1", "2"]
     assert up[0]["time"] == "42ms500us" and up[-1]["received"] == "3"
     assert up[-1]["avg-rtt"] == "42ms500us"
+    sim.set_ping("9.9.9.9", pattern=[20.0, None], interface="ether10")
+    lossy = rows(logged_in.talk("/ping", "=address=9.9.9.9", "=count=4", "=interval=0.2",
+                                "=interface=ether10"))
+    assert [r.get("status") for r in lossy] == [None, "timeout", None, "timeout"]
+    assert lossy[-1]["packet-loss"] == "50"
 
 
 def test_ping_without_count_runs_until_cancel(logged_in: RawClient) -> None:
@@ -313,8 +321,7 @@ def test_ping_without_count_runs_until_cancel(logged_in: RawClient) -> None:
 def test_listen_reports_carrier_changes(logged_in: RawClient, sim: RouterOSSim) -> None:
     logged_in.send("/interface/listen", ".tag=l")
     deadline = time.monotonic() + 3
-    while sim.client_count == 0 or not any(
-            t for s in sim._server.sessions for t in s.running):  # listener registered
+    while sim.listeners == 0:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     sim.set_running("ether1", False)
@@ -353,6 +360,7 @@ def test_reboot_command_needs_policy_and_drops(sim: RouterOSSim) -> None:
     client.login("writer", "pw")
     assert client.talk("/system/reboot") == [["!done"]]
     assert client.closed()
+    client.close()
 
 
 def test_snapshot_covers_every_menu(sim: RouterOSSim) -> None:
@@ -360,3 +368,19 @@ def test_snapshot_covers_every_menu(sim: RouterOSSim) -> None:
     assert {"/interface", "/ip/route", "/routing/table", "/ip/firewall/filter",
             "/ip/firewall/connection", "/user", "/system/resource"} <= set(snap)
     assert all("password" not in u for u in snap["/user"])
+
+
+def test_reset_counters(logged_in: RawClient, sim: RouterOSSim) -> None:
+    sim.add_traffic("ether10", rx_bytes=3000, tx_bytes=1500)
+    assert logged_in.talk("/interface/reset-counters", "=numbers=ether10") == [["!done"]]
+    row = rows(logged_in.talk("/interface/print", "?name=ether10",
+                              "=.proplist=rx-byte,tx-byte,rx-packet"))[0]
+    assert row == {"rx-byte": "0", "tx-byte": "0", "rx-packet": "0"}
+    assert logged_in.talk("/ip/firewall/filter/reset-counters-all") == [["!done"]]
+
+
+def test_counters_are_64_bit(logged_in: RawClient, sim: RouterOSSim) -> None:
+    sim.set_counters("ether1", rx_byte=2**64 - 100)
+    sim.add_traffic("ether1", rx_bytes=150)
+    row = rows(logged_in.talk("/interface/print", "?name=ether1", "=.proplist=rx-byte"))[0]
+    assert row["rx-byte"] == "50"

@@ -77,7 +77,13 @@ def test_mos_is_monotonic_in_r():
 
 
 # (delay ms, Id)
-DELAY_TABLE = [(-10, 0.0), (0, 0.0), (100, 2.4), (177.3, 0.024 * 177.3), (277.3, 0.024 * 277.3 + 11)]
+DELAY_TABLE = [
+    (-10, 0.0),
+    (0, 0.0),
+    (100, 2.4),
+    (177.3, 0.024 * 177.3),
+    (277.3, 0.024 * 277.3 + 11),
+]
 
 
 @pytest.mark.parametrize(("delay_ms", "expected"), DELAY_TABLE)

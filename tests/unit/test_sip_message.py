@@ -54,7 +54,11 @@ def test_options_request_is_rfc3261_complete():
 
 # (overrides, expected request line, expected To)
 URI_TABLE = [
-    ({"sbc_port": 5080}, "OPTIONS sip:ping@203.0.113.10:5080 SIP/2.0", "<sip:ping@203.0.113.10:5080>"),
+    (
+        {"sbc_port": 5080},
+        "OPTIONS sip:ping@203.0.113.10:5080 SIP/2.0",
+        "<sip:ping@203.0.113.10:5080>",
+    ),
     ({"sbc_host": "sbc1.voip.example"}, "OPTIONS sip:ping@sbc1.voip.example SIP/2.0", None),
     ({"sbc_host": "2001:db8::10"}, "OPTIONS sip:ping@[2001:db8::10] SIP/2.0", None),
 ]

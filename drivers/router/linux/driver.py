@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import socket
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -32,23 +30,15 @@ from drivers.errors import DeviceReplyError, NeedsHumanError, RetryableError
 from drivers.types import Counters, LinkEvent, LinkStatus, RouterState, VoipPath, VoipPolicy
 
 from . import readback, rules
+from .commands import NEEDS_ROOT, Commands
 from .rules import AGENT_PROTO, RouteSpec, RuleSpec
 
 log = logging.getLogger(__name__)
 
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-UDP_STREAM_TIMEOUT_PATH = "/proc/sys/net/netfilter/nf_conntrack_udp_timeout_stream"
-#: The kernel default since 5.x, used when conntrack is not loaded (so nothing is active).
-DEFAULT_UDP_STREAM_TIMEOUT_S = 120
 ARPHRD_ETHER = 1
 DEFAULT_TIMEOUT_S = 10.0
 #: Socket failures in a row before watch_carrier gives up and raises.
 WATCH_MAX_FAILURES = 3
-
-_NEEDS_ROOT = (
-    "the agent lacks CAP_NET_ADMIN; run it as root or grant it CAP_NET_ADMIN "
-    "(AmbientCapabilities= in the systemd unit)"
-)
 
 
 class LinuxRouterDriver:
@@ -71,6 +61,7 @@ class LinuxRouterDriver:
         self.netns = netns
         self.interfaces = tuple(interfaces)
         self.timeout_s = float(timeout_s) if timeout_s else DEFAULT_TIMEOUT_S
+        self._commands = Commands(netns, self.timeout_s)
         self._lock = asyncio.Lock()
         self._ipr: AsyncIPRoute | None = None
         self._policy: VoipPolicy | None = None
@@ -83,7 +74,7 @@ class LinuxRouterDriver:
                 f"The network namespace {self.netns} does not exist; create it or fix the option."
             )
         async with self._lock:
-            await self._nft("list", "tables")
+            await self._commands.nft("list", "tables")
             links = await self._links()
         wanted = set(self.interfaces)
         if self._policy is not None:
@@ -106,13 +97,19 @@ class LinuxRouterDriver:
         rules.validate(policy)
         async with self._lock:
             self._policy = policy
-            listing = await self._listing()
+            listing = await self._commands.listing()
             packets, octets = listing.counter if listing and listing.counter else (0, 0)
             plan = rules.build_nft(policy, blocked_packets=packets, blocked_bytes=octets)
             if readback.nft_drift(plan, listing):
-                await self._nft("-f", "-", script=plan.script)
+                await self._commands.nft("-f", "-", script=plan.script)
             await self._apply_routing(policy)
-        await self._warn_on_strict_rp_filter(policy.cellular_interface)
+        if await self._commands.rp_filter_is_strict(policy.cellular_interface):
+            log.warning(
+                "strict rp_filter drops the replies VoIP gets over %s during failover; "
+                "set net.ipv4.conf.all.rp_filter=2 and net.ipv4.conf.%s.rp_filter=2 (loose)",
+                policy.cellular_interface,
+                policy.cellular_interface,
+            )
 
     async def _apply_routing(self, policy: VoipPolicy) -> None:
         links = await self._links()
@@ -122,12 +119,16 @@ class LinuxRouterDriver:
                 f"The cellular interface {policy.cellular_interface} does not exist; check "
                 "links.cellular.interface, or wait for the modem (the agent retries)."
             )
+        problem = None
         routes = [r for r in await self._routes(policy, links) if r.proto == AGENT_PROTO]
         add, delete = readback.reconcile(rules.build_routes(policy), routes)
-        for route in delete:
-            await self._route("del", route, links)
-        for route in add:
-            await self._route("replace", route, links)
+        try:
+            for route in delete:
+                await self._route("del", route, links)
+            for route in add:
+                await self._route("replace", route, links)
+        except RetryableError as exc:  # e.g. the modem's interface is down: rules still go in
+            problem = exc
         addresses = await self._ipv4_addresses(cellular["index"])
         seen = await self._agent_rules(policy)
         add, delete = readback.reconcile(readback.wanted_rules(policy, addresses, seen), seen)
@@ -135,6 +136,8 @@ class LinuxRouterDriver:
             await self._rule("add", rule)
         for rule in delete:
             await self._rule("del", rule)
+        if problem is not None:
+            raise problem
 
     async def set_voip_path(self, path: VoipPath) -> None:
         """The switch is one ip rule (fwmark -> cellular table); adding or deleting it
@@ -152,7 +155,7 @@ class LinuxRouterDriver:
     async def read_state(self) -> RouterState:
         policy = self._policy
         async with self._lock:
-            listing = await self._listing()
+            listing = await self._commands.listing()
             links = await self._links()
             seen_rules = await self._agent_rules(policy)
             routes = await self._routes(policy, links)
@@ -179,8 +182,8 @@ class LinuxRouterDriver:
         works in a fresh process that never applied a policy)."""
         removed = 0
         async with self._lock:
-            if await self._listing() is not None:
-                await self._nft("-f", "-", script=rules.removal_script())
+            if await self._commands.listing() is not None:
+                await self._commands.nft("-f", "-", script=rules.removal_script())
                 removed += 1
             for rule in await self._agent_rules(self._policy):
                 removed += await self._rule("del", rule)
@@ -223,7 +226,7 @@ class LinuxRouterDriver:
         """
         policy = self._require_policy()
         networks = rules.voip_networks(policy)
-        stream_timeout_s = await self._udp_stream_timeout_s()
+        stream_timeout_s = await self._commands.udp_stream_timeout_s()
         calls = set()
         async with self._lock:
             conntrack = self._conntrack()
@@ -254,7 +257,7 @@ class LinuxRouterDriver:
                 "the agent retries when it is back."
             )
         stats = link.get("stats64") or link.get("stats") or {}
-        boot_id = (await asyncio.to_thread(_read_text, BOOT_ID_PATH)).strip()
+        boot_id = await self._commands.boot_id()
         return Counters(
             interface=interface,
             rx_bytes=stats.get("rx_bytes", 0),
@@ -294,7 +297,7 @@ class LinuxRouterDriver:
                         m["index"]: (m.get("ifname"), _carrier(m))
                         async for m in await ipr.link("dump")
                     }
-                for event in _resync(known or current, current):
+                for event in readback.carrier_resync(known or current, current):
                     yield event
                 known = current
                 while True:
@@ -304,7 +307,7 @@ class LinuxRouterDriver:
                         raise RetryableError("The netlink socket closed; the agent reopens it.")
                     failures = 0
                     for message in batch:
-                        event = _carrier_event(known, message)
+                        event = readback.carrier_event(known, message)
                         if event is not None:
                             yield event
             except RetryableError as exc:
@@ -314,55 +317,6 @@ class LinuxRouterDriver:
                 log.warning("carrier watch restarts after: %s", exc)
             finally:
                 ipr.close()
-
-    # --- nftables ---------------------------------------------------------------------
-
-    def _argv(self, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
-
-    async def _nft(self, *args: str, script: str | None = None) -> str:
-        result = await self._run(["nft", *args], script)
-        if result.returncode != 0:
-            raise _nft_error(result.stderr, args)
-        return result.stdout
-
-    async def _run(self, argv: list[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
-        command = self._argv(argv)
-        try:
-            return await asyncio.to_thread(
-                subprocess.run,
-                command,
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout_s,
-                check=False,
-            )
-        except FileNotFoundError as exc:
-            raise NeedsHumanError(
-                f"{command[0]} is not installed; install nftables and iproute2."
-            ) from exc
-        except subprocess.TimeoutExpired as exc:
-            raise RetryableError(
-                f"{' '.join(argv[:3])} did not finish within {self.timeout_s:g} s; "
-                "the agent retries."
-            ) from exc
-
-    async def _listing(self) -> readback.NftListing | None:
-        """The agent's table as the kernel holds it, or None when there is none."""
-        table = [rules.TABLE_FAMILY, rules.TABLE_NAME]
-        result = await self._run(["nft", "-j", "list", "table", *table], None)
-        if result.returncode != 0:
-            if "No such file or directory" in result.stderr and "netns" not in result.stderr:
-                return None
-            raise _nft_error(result.stderr, ("list", "table"))
-        try:
-            return readback.parse_listing(json.loads(result.stdout))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DeviceReplyError(
-                "nft -j printed a listing the agent cannot read; report it with the raw reply.",
-                raw=result.stdout,
-            ) from exc
 
     # --- netlink ----------------------------------------------------------------------
 
@@ -394,43 +348,23 @@ class LinuxRouterDriver:
             return [f"{m.get('address')}/{m['prefixlen']}" async for m in dump]
 
     async def _agent_rules(self, policy: VoipPolicy | None) -> list[RuleSpec]:
-        found = []
         with _netlink_errors("list routing rules"):
-            async for m in await self._iproute().rule("dump", family=socket.AF_INET):
-                src = m.get("src")
-                rule = RuleSpec(
-                    priority=m.get("priority") or 0,
-                    table=m.get("table") or m["table"],
-                    src=f"{src}/{m['src_len']}" if src else None,
-                    fwmark=m.get("fwmark"),
-                    fwmask=m.get("fwmask"),
-                    proto=m.get("protocol") or 0,
-                )
-                if readback.is_agent_rule(rule, policy):
-                    found.append(rule)
-        return found
+            dump = await self._iproute().rule("dump", family=socket.AF_INET)
+            found = [readback.rule_from_message(m) async for m in dump]
+        return [rule for rule in found if readback.is_agent_rule(rule, policy)]
 
     async def _routes(self, policy: VoipPolicy | None, links: dict[str, Any]) -> list[RouteSpec]:
         """The agent's routes (any table) plus any default route in the cellular table."""
         names = {m["index"]: name for name, m in links.items()}
-        found = []
         with _netlink_errors("list routes"):
-            async for m in await self._iproute().route("dump", family=socket.AF_INET):
-                table = m.get("table") or m["table"]
-                in_cell_table = policy is not None and table == policy.cellular_table_id
-                if m["proto"] != AGENT_PROTO and not (in_cell_table and m["dst_len"] == 0):
-                    continue
-                oif = m.get("oif")
-                found.append(
-                    RouteSpec(
-                        table=table,
-                        gateway=m.get("gateway"),
-                        interface=names.get(oif, str(oif or "")),
-                        dst=f"{m.get('dst') or '0.0.0.0'}/{m['dst_len']}",
-                        proto=m["proto"],
-                    )
-                )
-        return found
+            dump = await self._iproute().route("dump", family=socket.AF_INET)
+            found = [readback.route_from_message(m, names) async for m in dump]
+        table = policy.cellular_table_id if policy is not None else None
+        return [
+            route
+            for route in found
+            if route.proto == AGENT_PROTO or (route.table == table and route.dst == "0.0.0.0/0")
+        ]
 
     async def _route(self, command: str, route: RouteSpec, links: dict[str, Any]) -> int:
         """Run one route command; 1 if it changed something, 0 if it was already so."""
@@ -481,86 +415,12 @@ class LinuxRouterDriver:
             )
         return self._policy
 
-    async def _read_proc(self, path: str) -> str | None:
-        """A /proc value as seen inside the driver's namespace (None when absent)."""
-        if not self.netns:
-            try:
-                return await asyncio.to_thread(_read_text, path)
-            except OSError:
-                return None
-        result = await self._run(["cat", path], None)
-        return result.stdout if result.returncode == 0 else None
-
-    async def _udp_stream_timeout_s(self) -> int:
-        text = await self._read_proc(UDP_STREAM_TIMEOUT_PATH)
-        return int(text) if text and text.strip().isdigit() else DEFAULT_UDP_STREAM_TIMEOUT_S
-
-    async def _warn_on_strict_rp_filter(self, interface: str) -> None:
-        """Strict reverse-path filtering drops the replies VoIP gets over the cellular
-        link (their source routes via the primary), so say so; the agent does not change
-        the customer's sysctls."""
-        values = [
-            await self._read_proc(f"/proc/sys/net/ipv4/conf/{name}/rp_filter")
-            for name in ("all", interface)
-        ]
-        if max(int(v) if v and v.strip().isdigit() else 0 for v in values) == 1:
-            log.warning(
-                "strict rp_filter on %s will drop VoIP replies during failover; "
-                "set net.ipv4.conf.%s.rp_filter=2 (loose) and net.ipv4.conf.all.rp_filter=2",
-                interface,
-                interface,
-            )
-
 
 # --- module helpers -------------------------------------------------------------------
 
 
-def _read_text(path: str) -> str:
-    with open(path, encoding="ascii") as handle:
-        return handle.read()
-
-
 def _carrier(message: Any) -> bool:
     return readback.carrier_up(message["flags"], message.get("operstate"))
-
-
-def _carrier_event(known: dict[int, tuple[str, bool]], message: Any) -> LinkEvent | None:
-    """Update `known` from one link message; an event only when the carrier changed."""
-    index = message["index"]
-    previous = known.get(index)
-    if message.get("event") == "RTM_DELLINK":
-        known.pop(index, None)
-        name, up = message.get("ifname") or (previous[0] if previous else str(index)), False
-    elif message.get("event") == "RTM_NEWLINK":
-        name, up = message.get("ifname") or str(index), _carrier(message)
-        known[index] = (name, up)
-    else:
-        return None
-    was_up = previous[1] if previous else False
-    return LinkEvent(name, up) if up != was_up else None
-
-
-def _resync(
-    before: dict[int, tuple[str, bool]], after: dict[int, tuple[str, bool]]
-) -> Iterator[LinkEvent]:
-    for index in sorted(set(before) | set(after)):
-        name, was_up = before.get(index, (None, False))
-        new_name, up = after.get(index, (name, False))
-        if up != was_up:
-            yield LinkEvent(new_name or name or str(index), up)
-
-
-def _nft_error(stderr: str, args: tuple[str, ...]) -> Exception:
-    first = next((line for line in stderr.splitlines() if line.strip()), "no message")
-    if "Operation not permitted" in stderr:
-        return NeedsHumanError(f"nft was refused: {_NEEDS_ROOT}.")
-    if "Cannot open network namespace" in stderr:
-        return NeedsHumanError(f"{first}; create the namespace or fix the netns option.")
-    return DeviceReplyError(
-        f"nft {' '.join(args[:2])} failed ({first}); check that the kernel has nftables "
-        "with nat and masquerade, then report the raw reply.",
-        raw=stderr,
-    )
 
 
 @contextlib.contextmanager
@@ -570,7 +430,7 @@ def _netlink_errors(doing: str) -> Iterator[None]:
         yield
     except NetlinkError as exc:
         if exc.code in (errno.EPERM, errno.EACCES):
-            raise NeedsHumanError(f"Cannot {doing}: {_NEEDS_ROOT}.") from exc
+            raise NeedsHumanError(f"Cannot {doing}: {NEEDS_ROOT}.") from exc
         if exc.code in (errno.ENODEV, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTUNREACH):
             raise RetryableError(
                 f"Cannot {doing}: {os.strerror(exc.code)} (is the interface down?); "
@@ -585,6 +445,6 @@ def _netlink_errors(doing: str) -> Iterator[None]:
             f"Cannot {doing}: the network namespace or device is missing; check the netns option."
         ) from exc
     except PermissionError as exc:
-        raise NeedsHumanError(f"Cannot {doing}: {_NEEDS_ROOT}.") from exc
+        raise NeedsHumanError(f"Cannot {doing}: {NEEDS_ROOT}.") from exc
     except (OSError, TimeoutError) as exc:
         raise RetryableError(f"Cannot {doing} ({exc}); the agent retries.") from exc

@@ -8,11 +8,11 @@ sentence per difference, for a person reading `cpe-agent status`. No I/O, no log
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.types import VoipPolicy
+from drivers.types import LinkEvent, VoipPolicy
 
 from .rules import (
     AGENT_PROTO,
@@ -208,6 +208,31 @@ def wanted_rules(
     return rules
 
 
+def rule_from_message(message: Mapping[str, Any]) -> RuleSpec:
+    """A netlink rule (pyroute2 fibmsg) as a RuleSpec; tables above 255 live in FRA_TABLE."""
+    src = message.get("src")
+    return RuleSpec(
+        priority=message.get("priority") or 0,
+        table=message.get("table") or message["table"],
+        src=f"{src}/{message['src_len']}" if src else None,
+        fwmark=message.get("fwmark"),
+        fwmask=message.get("fwmask"),
+        proto=message.get("protocol") or 0,
+    )
+
+
+def route_from_message(message: Mapping[str, Any], names: Mapping[int, str]) -> RouteSpec:
+    """A netlink route (pyroute2 rtmsg) as a RouteSpec; `names` maps ifindex to name."""
+    oif = message.get("oif")
+    return RouteSpec(
+        table=message.get("table") or message["table"],
+        gateway=message.get("gateway"),
+        interface=names.get(oif, str(oif or "")) if oif is not None else "",
+        dst=f"{message.get('dst') or '0.0.0.0'}/{message['dst_len']}",
+        proto=message["proto"],
+    )
+
+
 # --- conntrack and links --------------------------------------------------------------
 
 IPPROTO_TCP = 6
@@ -258,3 +283,34 @@ def carrier_up(flags: int, operstate: str | None) -> bool:
     if not flags & IFF_UP or not flags & IFF_LOWER_UP:
         return False
     return operstate in (None, "UP", "UNKNOWN")
+
+
+def carrier_event(
+    known: dict[int, tuple[str, bool]], message: Mapping[str, Any]
+) -> LinkEvent | None:
+    """Update `known` from one link message; an event only when the carrier changed."""
+    index = message["index"]
+    previous = known.get(index)
+    if message.get("event") == "RTM_DELLINK":
+        known.pop(index, None)
+        name, up = message.get("ifname") or (previous[0] if previous else str(index)), False
+    elif message.get("event") == "RTM_NEWLINK":
+        name, up = (
+            message.get("ifname") or str(index),
+            carrier_up(message["flags"], message.get("operstate")),
+        )
+        known[index] = (name, up)
+    else:
+        return None
+    was_up = previous[1] if previous else False
+    return LinkEvent(name, up) if up != was_up else None
+
+
+def carrier_resync(
+    before: dict[int, tuple[str, bool]], after: dict[int, tuple[str, bool]]
+) -> Iterator[LinkEvent]:
+    for index in sorted(set(before) | set(after)):
+        name, was_up = before.get(index, (None, False))
+        new_name, up = after.get(index, (name, False))
+        if up != was_up:
+            yield LinkEvent(new_name or name or str(index), up)

@@ -32,6 +32,28 @@ AGENT_PROTO = 241
 RESERVED_TABLES = frozenset({0, 253, 254, 255})
 #: nftables priority keywords and the numbers `nft -j` reports for them.
 PRIORITY_NUMBERS = {"mangle": -150, "filter": 0, "srcnat": 100}
+#: The agent's base chains: name -> (type, hook, priority, why; the why goes in a comment).
+CHAINS = {
+    "voip_mark_prerouting": (
+        "filter",
+        "prerouting",
+        "mangle",
+        "mark VoIP from the LAN; in failover the switch rule routes it by the cellular table",
+    ),
+    "agent_mark_output": ("route", "output", "mangle", "mark the agent's own traffic like VoIP"),
+    "cellular_guard_forward": (
+        "filter",
+        "forward",
+        "filter",
+        "only VoIP may leave by the cellular link; the plan allows nothing else",
+    ),
+    "cellular_nat_postrouting": (
+        "nat",
+        "postrouting",
+        "srcnat",
+        "masquerade what leaves by the cellular link",
+    ),
+}
 #: Linux interface names: at most 15 bytes, no slash, colon, whitespace or quotes.
 _IFNAME = re.compile(r'^[^\s/:"\\]{1,15}$')
 
@@ -251,12 +273,12 @@ def build_nft(policy: VoipPolicy, *, blocked_packets: int = 0, blocked_bytes: in
     ]
     nat = [_rule("masquerade", f"oifname {cell} masquerade")]
 
-    chains = (
-        ("voip_mark_prerouting", "filter", "prerouting", "mangle", prerouting),
-        ("agent_mark_output", "route", "output", "mangle", output),
-        ("cellular_guard_forward", "filter", "forward", "filter", guard),
-        ("cellular_nat_postrouting", "nat", "postrouting", "srcnat", nat),
-    )
+    rules_by_chain = {
+        "voip_mark_prerouting": prerouting,
+        "agent_mark_output": output,
+        "cellular_guard_forward": guard,
+        "cellular_nat_postrouting": nat,
+    }
     voip = voip_networks(policy)
     agent = _networks(policy.agent_prefixes, "agent_prefixes")
     lines = [
@@ -281,9 +303,11 @@ def build_nft(policy: VoipPolicy, *, blocked_packets: int = 0, blocked_bytes: in
             lines.append(f"\t\telements = {{ {_elements(networks)} }}")
         lines.append("\t}")
     specs = []
-    for name, kind, hook, priority, rules in chains:
+    for name, (kind, hook, priority, why) in CHAINS.items():
+        rules = rules_by_chain[name]
         lines += [
             f"\tchain {name} {{",
+            f'\t\tcomment "{AGENT_TAG}: {why}"',
             f"\t\ttype {kind} hook {hook} priority {priority}; policy accept;",
         ]
         lines += [f"\t\t{text}" for text, _ in rules]

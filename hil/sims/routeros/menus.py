@@ -13,7 +13,7 @@ from .profiles import Profile
 
 READ = frozenset({"print", "getall"})
 LIST_RW = READ | {"add", "set", "remove", "enable", "disable", "listen"}
-ORDERED_RW = LIST_RW | {"move", "reset-counters"}
+ORDERED_RW = LIST_RW | {"move", "reset-counters", "reset-counters-all"}
 
 
 @dataclass(frozen=True)

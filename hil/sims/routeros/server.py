@@ -261,7 +261,7 @@ class ApiServer:
         elif cmd.name == "move":
             db.move(cmd.path, cmd.args)
             await cmd.done()
-        elif cmd.name == "reset-counters":
+        elif cmd.name in ("reset-counters", "reset-counters-all"):
             db.reset_counters(cmd.path, cmd.args)
             await cmd.done()
         elif cmd.name == "listen":

@@ -328,6 +328,16 @@ class RouterOSSim:
     def client_count(self) -> int:
         return len(self._server.sessions)
 
+    @property
+    def commands_in_flight(self) -> int:
+        """Commands still running (listen, ping without count, slowed ones)."""
+        return sum(len(s.running) for s in list(self._server.sessions))
+
+    @property
+    def listeners(self) -> int:
+        """`listen` commands registered for change notifications."""
+        return len(self.db.listeners)
+
     # ---- side channel: reading and seeding configuration -----------------------------------
 
     def snapshot(self) -> dict[str, list[dict[str, str]]]:
