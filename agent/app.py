@@ -144,7 +144,8 @@ class Agent:
             ("cellular", self.settings.links.cellular),
         ):
             status = await self.router.link_status(link.interface)
-            sources[role] = status.addresses[0] if status.addresses else None
+            # LinkStatus gives CIDR ('198.51.100.2/30'); probes bind to the bare address.
+            sources[role] = status.addresses[0].split("/")[0] if status.addresses else None
         self.monitor = health_wiring.build_monitor(
             self.settings, self.clock, self._on_assessment, sources
         )

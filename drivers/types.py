@@ -87,6 +87,7 @@ class Counters:
 class LinkStatus:
     interface: str
     carrier_up: bool
+    #: IPv4 addresses in CIDR form, e.g. "198.51.100.2/30".
     addresses: tuple[str, ...] = ()
 
 

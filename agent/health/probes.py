@@ -431,7 +431,8 @@ class SipOptionsProber:
                     )
                 except TimeoutError:
                     wait_s = min(2 * wait_s, SIP_T2_S)
-                    if loop.time() >= deadline:
+                    # A retransmission with no time left to be answered is just bytes.
+                    if deadline - loop.time() < 0.01:
                         break
                     continue
                 code = response.status_code

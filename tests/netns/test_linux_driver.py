@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from drivers.errors import NeedsHumanError
+from drivers.errors import NeedsHumanError, RetryableError
 from drivers.router.base import RouterDriver
 from drivers.router.linux.driver import LinuxRouterDriver
 from drivers.types import LinkEvent, VoipPath, VoipPolicy
@@ -354,6 +354,25 @@ async def test_drift_is_reported_and_apply_repairs_it(net: Net, driver: LinuxRou
     assert state.voip_path is VoipPath.CELLULAR
 
 
+async def test_a_downed_cellular_interface_is_retried_then_repaired(
+    net: Net, driver: LinuxRouterDriver
+) -> None:
+    await driver.apply_policy(POLICY)
+    await driver.set_voip_path(VoipPath.CELLULAR)
+    # Taking an interface down makes the kernel drop its routes (a modem reset does this).
+    net.ns(net.cpe, "ip", "link", "set", "lte0", "down")
+    state = await driver.read_state()
+    assert "the cellular routing table 4241 has no default route" in state.drift
+    assert state.voip_path is VoipPath.CELLULAR  # the switch stays; VoIP falls through to main
+    with pytest.raises(RetryableError, match="the agent retries"):
+        await driver.apply_policy(POLICY)
+
+    net.ns(net.cpe, "ip", "link", "set", "lte0", "up")
+    await driver.apply_policy(POLICY)
+    state = await driver.read_state()
+    assert state.drift == () and state.voip_path is VoipPath.CELLULAR
+
+
 async def test_remove_all_leaves_the_customer_config(net: Net, driver: LinuxRouterDriver) -> None:
     customer_before = net.ns(net.cpe, "nft", "list", "table", "ip", "customer_nat")
     main_before = net.ns(net.cpe, "ip", "route", "show", "table", "main")
@@ -432,6 +451,10 @@ async def test_watch_carrier_reports_loss_promptly(net: Net, driver: LinuxRouter
         event = await asyncio.wait_for(_next_for(events, "lte0"), 2.0)
         assert event == LinkEvent("lte0", True)
         assert latency_s < 2.0
+        # An interface that vanishes (a USB modem unplugged) has lost its carrier too.
+        net.ns(net.cpe, "ip", "link", "del", "lte0")
+        event = await asyncio.wait_for(_next_for(events, "lte0"), 2.0)
+        assert event == LinkEvent("lte0", False)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

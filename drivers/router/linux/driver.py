@@ -297,8 +297,8 @@ class LinuxRouterDriver:
                         m["index"]: (m.get("ifname"), _carrier(m))
                         async for m in await ipr.link("dump")
                     }
-                for event in readback.carrier_resync(known or current, current):
-                    yield event
+                for missed in readback.carrier_resync(known or current, current):
+                    yield missed
                 known = current
                 while True:
                     with _netlink_errors("watch interface carrier"):
@@ -307,9 +307,9 @@ class LinuxRouterDriver:
                         raise RetryableError("The netlink socket closed; the agent reopens it.")
                     failures = 0
                     for message in batch:
-                        event = readback.carrier_event(known, message)
-                        if event is not None:
-                            yield event
+                        change = readback.carrier_event(known, message)
+                        if change is not None:
+                            yield change
             except RetryableError as exc:
                 failures += 1
                 if failures >= WATCH_MAX_FAILURES:

@@ -84,7 +84,7 @@ def _parse_elements(elements: Iterable[Any]) -> tuple[Interval, ...]:
 
 
 def _show(spans: Iterable[Interval]) -> str:
-    parts = []
+    parts: list[str] = []
     for start, end in spans:
         low, high = ipaddress.IPv4Address(start), ipaddress.IPv4Address(end)
         nets = list(ipaddress.summarize_address_range(low, high))

@@ -183,7 +183,7 @@ def _check_port(port: int, what: str) -> None:
 
 
 def _networks(prefixes: Iterable[str], what: str) -> tuple[ipaddress.IPv4Network, ...]:
-    networks = []
+    networks: list[ipaddress.IPv4Network] = []
     for text in prefixes:
         try:
             network = ipaddress.ip_network(text, strict=True)
@@ -196,8 +196,8 @@ def _networks(prefixes: Iterable[str], what: str) -> tuple[ipaddress.IPv4Network
                 f"{what} entry {text} is IPv6, which the Linux driver does not steer yet; "
                 "list IPv4 prefixes only."
             )
-        networks.append(network)
-    return tuple(networks)  # type: ignore[arg-type]
+        networks.append(ipaddress.IPv4Network(network))
+    return tuple(networks)
 
 
 # --- nftables -----------------------------------------------------------------------
