@@ -242,13 +242,19 @@ class Agent:
                 transition.switch_s * 1000,
             )
             self._set_cellular_interval()
+            self._write_status()  # at once: tools waiting on the mode must not see a stale one
 
     def _set_cellular_interval(self) -> None:
         """Probe LTE sparsely while idle (plan bytes); closely whenever it may carry VoIP."""
         health = self.settings.health
-        busy = self.controller.state.mode is not Mode.PRIMARY
-        interval = health.cellular_active_interval_s if busy else health.cellular_idle_interval_s
-        self.monitor.set_interval(LinkRole.CELLULAR.value, interval)
+        if self.controller.state.mode is Mode.PRIMARY:
+            interval, sip_interval = (
+                health.cellular_idle_interval_s,
+                health.cellular_idle_sip_interval_s,
+            )
+        else:
+            interval, sip_interval = health.cellular_active_interval_s, health.sip_interval_s
+        self.monitor.set_interval(LinkRole.CELLULAR.value, interval, sip_interval_s=sip_interval)
 
     # --- the router -----------------------------------------------------------------
 
@@ -290,11 +296,14 @@ class Agent:
 
     async def _status_loop(self) -> None:
         while True:
-            try:
-                write_status(self.settings.agent.runtime_dir, self.status())
-            except OSError as exc:
-                log.warning("cannot write the status file: %s", exc)
+            self._write_status()
             await self.clock.sleep(STATUS_EVERY_S)
+
+    def _write_status(self) -> None:
+        try:
+            write_status(self.settings.agent.runtime_dir, self.status())
+        except OSError as exc:
+            log.warning("cannot write the status file: %s", exc)
 
     def status(self) -> dict[str, Any]:
         state = self.controller.state

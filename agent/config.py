@@ -136,6 +136,8 @@ class HealthSection(_Section):
     cellular_idle_interval_s: float = Field(default=45.0, ge=5, le=600)
     cellular_active_interval_s: float = Field(default=1.0, gt=0, le=60)
     sip_interval_s: float = Field(default=5.0, gt=0, le=600)
+    #: SIP OPTIONS over an idle LTE link: ~1 KB each, so every 10 min is ~4 MB a month.
+    cellular_idle_sip_interval_s: float = Field(default=600.0, ge=30, le=3600)
     down_after_s: float = Field(default=1.0, gt=0, le=60)
     min_targets_up: int = Field(default=1, ge=1)
     window_s: float = Field(default=10.0, gt=0, le=600)

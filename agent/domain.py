@@ -9,21 +9,15 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.health.scoring import Verdict
 from drivers.types import VoipPath
+
+__all__ = ["Verdict"]  # re-exported: health.scoring owns the verdict vocabulary
 
 
 class LinkRole(enum.StrEnum):
     PRIMARY = "primary"
     CELLULAR = "cellular"
-
-
-class Verdict(enum.StrEnum):
-    """How fit a link is for voice right now."""
-
-    UP = "up"
-    DEGRADED = "degraded"
-    DOWN = "down"
-    UNKNOWN = "unknown"
 
 
 class Mode(enum.StrEnum):

@@ -47,17 +47,18 @@ def build_monitor(
     targets = tuple(settings.probe_targets())
     sbcs = tuple((str(a), settings.voip.sip_probe_port) for a in settings.voip.sbc_addresses)
     links: dict[str, LinkSpec] = {}
-    for role, link, interval_s in (
-        ("primary", settings.links.primary, settings.health.primary_interval_s),
-        ("cellular", settings.links.cellular, settings.health.cellular_idle_interval_s),
+    h = settings.health
+    for role, link, interval_s, sip_interval_s in (
+        ("primary", settings.links.primary, h.primary_interval_s, h.sip_interval_s),
+        (
+            "cellular",
+            settings.links.cellular,
+            h.cellular_idle_interval_s,
+            h.cellular_idle_sip_interval_s,
+        ),
     ):
         source = str(link.source_address) if link.source_address else source_addresses.get(role)
-        icmp = IcmpProber(
-            monotonic=clock.monotonic,
-            source_address=source,
-            device=link.interface,
-            timeout_s=max(1.0, settings.health.down_after_s),
-        )
+        icmp = IcmpProber(monotonic=clock.monotonic, source_address=source, device=link.interface)
         sip = SipOptionsProber(
             monotonic=clock.monotonic,
             source_address=source,
@@ -68,9 +69,10 @@ def build_monitor(
             icmp_targets=targets,
             policy=policy,
             interval_s=interval_s,
+            probe_timeout_s=max(1.0, settings.health.down_after_s),
             sip_prober=sip,
             sip_targets=sbcs,
-            sip_interval_s=settings.health.sip_interval_s,
+            sip_interval_s=sip_interval_s,
         )
     return Monitor(clock, links, on_assessment)
 

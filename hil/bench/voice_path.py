@@ -96,12 +96,16 @@ class VoicePath:
         """Impair the primary, wait for VoIP to arrive via LTE, restore, wait for failback."""
         self.agent.wait_mode("PRIMARY", 60)
         wait_until(lambda: self.last_source() == PRIMARY_SOURCE, 15, "RTP via the primary")
+        failbacks = len(self.agent.events("failback"))
         start_line = self.line_count()
         self.lab.impair("primary", *impair)
         wait_until(lambda: self.last_source() == CELLULAR_SOURCE, 30, "RTP via LTE")
-        gaps = voice_path_gaps(self.arrivals(start_line), PRIMARY_SOURCE, CELLULAR_SOURCE)
+        # From 2 s before the cut: the last packet via the primary came before it.
+        window = self.arrivals(max(0, start_line - 100))
+        gaps = voice_path_gaps(window, PRIMARY_SOURCE, CELLULAR_SOURCE)
         self.lab.impair("primary", clear)
-        self.agent.wait_mode("PRIMARY", 60)
+        # Wait for the failback event itself: a status file read just now may predate it.
+        wait_until(lambda: len(self.agent.events("failback")) > failbacks, 90, "the failback")
         wait_until(lambda: self.last_source() == PRIMARY_SOURCE, 15, "RTP back via the primary")
         return {"failover_gap_s": gaps.failover_gap_s, "lost_packets": gaps.lost}
 

@@ -16,16 +16,15 @@ import time
 import pytest
 
 from agent.clock import ManualClock
-from agent.health.monitor import LinkSpec, Monitor
-from agent.health.probes import (
+from agent.health.icmp import (
     ICMP_ECHO_REPLY,
     ICMP_UNREACHABLE,
-    IcmpProber,
-    SipOptionsProber,
     echo_request,
     icmp_checksum,
     parse_icmp,
 )
+from agent.health.monitor import LinkSpec, Monitor
+from agent.health.probes import IcmpProber, SipOptionsProber
 from agent.health.scoring import HealthPolicy, LinkAssessment, Verdict
 from drivers.types import ProbeResult
 

@@ -48,7 +48,7 @@ async def test_failback_reports_time_on_cellular(store):
     clock.advance(120)
     transition = await ctl.observe(Observation(UP, UP))
     assert transition is not None and transition.to_mode is Mode.PRIMARY
-    failback = [e for e in store.events() if e.event.kind is EventKind.FAILBACK][0]
+    failback = next(e for e in store.events() if e.event.kind is EventKind.FAILBACK)
     assert failback.event.data["on_cellular_s"] == 150.0
     assert router.path is VoipPath.PRIMARY
 

@@ -359,6 +359,7 @@ ADDRESSES = ["100.64.100.2/24"]
             ],
         ),
         ([ROUTE], [], [], ["lte0 has no IPv4 address to route from"]),
+        ([ROUTE], [], None, ["the cellular interface lte0 is missing"]),
         (
             [ROUTE],
             [SOURCE, RuleSpec(4240, 4241, fwmark=0x1, fwmask=0x1)],
@@ -371,7 +372,10 @@ ADDRESSES = ["100.64.100.2/24"]
     ],
 )
 def test_routing_drift(
-    routes: list[RouteSpec], rules_seen: list[RuleSpec], addresses: list[str], drift: list[str]
+    routes: list[RouteSpec],
+    rules_seen: list[RuleSpec],
+    addresses: list[str] | None,
+    drift: list[str],
 ) -> None:
     assert readback.routing_drift(POLICY, addresses, routes, rules_seen) == drift
 

@@ -18,7 +18,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 
 ARPHRD_ETHER = 1
 DEFAULT_TIMEOUT_S = 10.0
+INTERFACE_DOWN_REMEDY = (
+    "The agent retries by itself; if the interface stays down, check the modem, its cable "
+    "and its driver (ip link)."
+)
+KERNEL_REFUSED_REMEDY = (
+    "The agent retries; if it keeps failing, report the message and raw reply to support."
+)
 #: Socket failures in a row before watch_carrier gives up and raises.
 WATCH_MAX_FAILURES = 3
 
@@ -87,9 +94,7 @@ class LinuxRouterDriver:
             )
 
     async def close(self) -> None:
-        if self._ipr is not None:
-            self._ipr.close()
-            self._ipr = None
+        self._drop_socket()
 
     # --- policy -----------------------------------------------------------------------
 
@@ -117,7 +122,8 @@ class LinuxRouterDriver:
         if cellular is None:
             raise RetryableError(
                 f"The cellular interface {policy.cellular_interface} does not exist; check "
-                "links.cellular.interface, or wait for the modem (the agent retries)."
+                "links.cellular.interface, or wait for the modem (the agent retries).",
+                remedy=INTERFACE_DOWN_REMEDY,
             )
         problem = None
         routes = [r for r in await self._routes(policy, links) if r.proto == AGENT_PROTO]
@@ -163,10 +169,8 @@ class LinuxRouterDriver:
             if policy is not None:
                 drift += readback.nft_drift(rules.build_nft(policy), listing)
                 cellular = links.get(policy.cellular_interface)
-                addresses: list[str] = []
-                if cellular is None:
-                    drift.append(f"the cellular interface {policy.cellular_interface} is missing")
-                else:
+                addresses = None
+                if cellular is not None:
                     addresses = await self._ipv4_addresses(cellular["index"])
                 drift += readback.routing_drift(policy, addresses, routes, seen_rules)
         path: VoipPath | None = None
@@ -254,7 +258,8 @@ class LinuxRouterDriver:
         if link is None:
             raise RetryableError(
                 f"Interface {interface} does not exist, so it has no counters; "
-                "the agent retries when it is back."
+                "the agent retries when it is back.",
+                remedy=INTERFACE_DOWN_REMEDY,
             )
         stats = link.get("stats64") or link.get("stats") or {}
         boot_id = await self._commands.boot_id()
@@ -320,6 +325,16 @@ class LinuxRouterDriver:
 
     # --- netlink ----------------------------------------------------------------------
 
+    def _errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        """Error mapping for commands on the shared socket, which is renewed on failure."""
+        return _netlink_errors(doing, self._drop_socket)
+
+    def _drop_socket(self) -> None:
+        if self._ipr is not None:
+            with contextlib.suppress(Exception):
+                self._ipr.close()
+            self._ipr = None
+
     def _new_iproute(self) -> AsyncIPRoute:
         with _netlink_errors("open a netlink socket"):
             # flags=0: never create the namespace by accident (pyroute2 defaults to O_CREAT).
@@ -339,16 +354,16 @@ class LinuxRouterDriver:
             return [entry async for entry in await conntrack.dump_entries()]
 
     async def _links(self) -> dict[str, Any]:
-        with _netlink_errors("list interfaces"):
+        with self._errors("list interfaces"):
             return {m.get("ifname"): m async for m in await self._iproute().link("dump")}
 
     async def _ipv4_addresses(self, index: int) -> list[str]:
-        with _netlink_errors("list addresses"):
+        with self._errors("list addresses"):
             dump = await self._iproute().addr("dump", family=socket.AF_INET, index=index)
             return [f"{m.get('address')}/{m['prefixlen']}" async for m in dump]
 
     async def _agent_rules(self, policy: VoipPolicy | None) -> list[RuleSpec]:
-        with _netlink_errors("list routing rules"):
+        with self._errors("list routing rules"):
             dump = await self._iproute().rule("dump", family=socket.AF_INET)
             found = [readback.rule_from_message(m) async for m in dump]
         return [rule for rule in found if readback.is_agent_rule(rule, policy)]
@@ -356,7 +371,7 @@ class LinuxRouterDriver:
     async def _routes(self, policy: VoipPolicy | None, links: dict[str, Any]) -> list[RouteSpec]:
         """The agent's routes (any table) plus any default route in the cellular table."""
         names = {m["index"]: name for name, m in links.items()}
-        with _netlink_errors("list routes"):
+        with self._errors("list routes"):
             dump = await self._iproute().route("dump", family=socket.AF_INET)
             found = [readback.route_from_message(m, names) async for m in dump]
         table = policy.cellular_table_id if policy is not None else None
@@ -395,7 +410,7 @@ class LinuxRouterDriver:
 
     async def _change(self, kind: str, command: str, spec: dict[str, Any], what: str) -> int:
         method = getattr(self._iproute(), kind)
-        with _netlink_errors(f"{command} the {kind} '{what}'"):
+        with self._errors(f"{command} the {kind} '{what}'"):
             try:
                 await asyncio.wait_for(method(command, **spec), self.timeout_s)
             except NetlinkError as exc:
@@ -424,8 +439,13 @@ def _carrier(message: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _netlink_errors(doing: str) -> Iterator[None]:
-    """Map pyroute2 and socket failures to the driver error tree, once, here."""
+def _netlink_errors(
+    doing: str, on_socket_error: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """Map pyroute2 and socket failures to the driver error tree, once, here.
+
+    `on_socket_error` lets the caller drop a socket that may hold stale replies (after a
+    timeout) or a latched error, so the next command starts on a fresh one."""
     try:
         yield
     except NetlinkError as exc:
@@ -434,11 +454,13 @@ def _netlink_errors(doing: str) -> Iterator[None]:
         if exc.code in (errno.ENODEV, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTUNREACH):
             raise RetryableError(
                 f"Cannot {doing}: {os.strerror(exc.code)} (is the interface down?); "
-                "the agent retries."
+                "the agent retries.",
+                remedy=INTERFACE_DOWN_REMEDY,
             ) from exc
         raise DeviceReplyError(
             f"The kernel refused to {doing}: {os.strerror(exc.code)}; report the raw reply.",
             raw=str(exc),
+            remedy=KERNEL_REFUSED_REMEDY,
         ) from exc
     except FileNotFoundError as exc:
         raise NeedsHumanError(
@@ -447,4 +469,6 @@ def _netlink_errors(doing: str) -> Iterator[None]:
     except PermissionError as exc:
         raise NeedsHumanError(f"Cannot {doing}: {NEEDS_ROOT}.") from exc
     except (OSError, TimeoutError) as exc:
+        if on_socket_error is not None:
+            on_socket_error()
         raise RetryableError(f"Cannot {doing} ({exc}); the agent retries.") from exc

@@ -158,12 +158,13 @@ def _replace_proto(item: RuleSpec | RouteSpec) -> RuleSpec | RouteSpec:
 
 def routing_drift(
     policy: VoipPolicy,
-    cellular_addresses: Iterable[str],
+    cellular_addresses: Iterable[str] | None,
     routes: Iterable[RouteSpec],
     rules: Iterable[RuleSpec],
 ) -> list[str]:
     """Sentences for missing or stray routing items among the agent's own (`routes` are the
-    agent's routes plus any default route in the cellular table; `rules` the agent's rules).
+    agent's routes plus any default route in the cellular table; `rules` the agent's rules;
+    `cellular_addresses` None when the cellular interface does not exist).
 
     Whether the switch rule should be present is the agent's decision, read back as
     `voip_path`; only a switch rule that differs from the policy counts as drift."""
@@ -183,8 +184,10 @@ def routing_drift(
     for route in routes:
         if route.proto == AGENT_PROTO and route not in defaults and _replace_proto(route) != wanted:
             drift.append(f"a stale agent route remains: {route.describe()}")
-    addresses = list(cellular_addresses)
-    if not addresses:
+    addresses = list(cellular_addresses or ())
+    if cellular_addresses is None:
+        drift.append(f"the cellular interface {policy.cellular_interface} is missing")
+    elif not addresses:
         drift.append(f"{policy.cellular_interface} has no IPv4 address to route from")
     add, delete = reconcile(wanted_rules(policy, addresses, rules), rules)
     drift += [f"the rule '{r.describe()}' is missing" for r in add]
