@@ -9,15 +9,18 @@ failover nobody hears about is worse than a few milliseconds.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.domain import Event, EventKind
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -49,6 +52,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[int], None]] = []
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -99,7 +103,24 @@ class Store:
                 "INSERT INTO events(kind, wall_time_s, data) VALUES (?, ?, ?)",
                 (event.kind.value, event.wall_time_s, json.dumps(event.data, sort_keys=True)),
             )
-            return int(cursor.lastrowid or 0)
+            seq = int(cursor.lastrowid or 0)
+        for listener in list(self._listeners):
+            try:
+                listener(seq)
+            except Exception:
+                log.exception("an event listener failed; the event is stored all the same")
+        return seq
+
+    def add_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(seq)` after each event is committed (the MQTT outbox wakes on it).
+
+        It runs in the appending thread, after the commit, and must not block.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[int], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def events(self, after_seq: int = 0, limit: int = 1000) -> list[StoredEvent]:
         with self._lock:
@@ -126,12 +147,12 @@ class Store:
             for seq, kind, wall, data, pub in reversed(rows)
         ]
 
-    def unpublished_events(self, limit: int = 100) -> list[StoredEvent]:
+    def unpublished_events(self, limit: int = 100, after_seq: int = 0) -> list[StoredEvent]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, kind, wall_time_s, data, published FROM events "
-                "WHERE published = 0 ORDER BY seq LIMIT ?",
-                (limit,),
+                "WHERE published = 0 AND seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
             ).fetchall()
         return [
             StoredEvent(seq, Event(EventKind(kind), wall, json.loads(data)), bool(pub))
@@ -141,3 +162,11 @@ class Store:
     def mark_published(self, seq: int) -> None:
         with self._write() as db:
             db.execute("UPDATE events SET published = 1 WHERE seq = ?", (seq,))
+
+    def mark_published_many(self, seqs: Iterable[int]) -> None:
+        """One transaction (one flash write) for a burst of acknowledgements."""
+        rows = [(seq,) for seq in seqs]
+        if not rows:
+            return
+        with self._write() as db:
+            db.executemany("UPDATE events SET published = 1 WHERE seq = ?", rows)

@@ -19,9 +19,12 @@ from hil.sims.rtp_stream import Arrival, read_arrivals, voice_path_gaps
 PRIMARY_SOURCE = t.PRIMARY_PUBLIC_ADDRESS
 CELLULAR_SOURCE = t.CELLULAR_PUBLIC_ADDRESS
 
-#: Lab timings: fast probes as in the lab config, a short dwell so trials are quick.
+#: Lab timings: fast probes as in the lab config, a short dwell so trials are quick, and
+#: no flap damping: back-to-back trials are flaps by design, and damping would double
+#: the dwell of each trial (3, 6, 12, 24 s ...); damping has its own tests.
 BENCH_OVERRIDES = {
     "CPE_AGENT_FAILOVER__DWELL_S": "3",
+    "CPE_AGENT_FAILOVER__FLAP_WINDOW_S": "0",
     "CPE_AGENT_HEALTH__CELLULAR_ACTIVE_INTERVAL_S": "0.5",
     "CPE_AGENT_HEALTH__CELLULAR_IDLE_INTERVAL_S": "5",
 }
