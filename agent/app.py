@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S = 0.5
 STATUS_EVERY_S = 1.0
-DRIFT_CHECK_EVERY_S = 30.0
+#: Read the router back (drift, tampering, blocked counters) this often.
+ROUTER_CHECK_EVERY_S = 5.0
 CALLS_POLL_EVERY_S = 2.0
 
 
@@ -260,7 +261,7 @@ class Agent:
 
     async def _router_loop(self) -> None:
         """Count calls while recovering; check for drift and tampering, and repair."""
-        last_drift_check = -DRIFT_CHECK_EVERY_S
+        last_check = -ROUTER_CHECK_EVERY_S
         while True:
             now = self.clock.monotonic()
             try:
@@ -268,14 +269,18 @@ class Agent:
                     self.active_calls = await self.router.active_calls()
                 else:
                     self.active_calls = 0
-                if now - last_drift_check >= DRIFT_CHECK_EVERY_S:
-                    last_drift_check = now
+                if now - last_check >= ROUTER_CHECK_EVERY_S:
+                    last_check = now
                     await self._check_drift()
             except DriverError as exc:
                 log.warning("router check failed: %s", exc)
             await self.clock.sleep(CALLS_POLL_EVERY_S)
 
     async def _check_drift(self) -> None:
+        async with self.controller.lock:  # never mistake a switch in progress for drift
+            await self._check_drift_locked()
+
+    async def _check_drift_locked(self) -> None:
         state = await self.router.read_state()
         expected_path = self.controller.state.path
         drift = list(state.drift)

@@ -50,7 +50,8 @@ class FailoverController:
         self.config = config
         self.state = FsmState(since_s=clock.monotonic())
         self.cellular_since_wall_s: float | None = None
-        self._lock = asyncio.Lock()
+        #: Held while the router's path is being changed; others reading it back take it too.
+        self.lock = asyncio.Lock()
 
     async def resume(self) -> None:
         """After a restart or power loss: resume the persisted mode and re-apply its path."""
@@ -59,7 +60,7 @@ class FailoverController:
         path = VoipPath(saved.get("path", VoipPath.PRIMARY.value))
         self.cellular_since_wall_s = saved.get("cellular_since_wall_s")
         self.state = resume(mode, path, self.clock.monotonic())
-        async with self._lock:
+        async with self.lock:
             await self._set_path_verified(self.state.path)
         self._persist()
         if mode is not self.state.mode:
@@ -67,7 +68,7 @@ class FailoverController:
 
     async def observe(self, obs: Observation) -> Transition | None:
         """Feed one observation; apply and report a transition if the table says so."""
-        async with self._lock:
+        async with self.lock:
             decided_s = self.clock.monotonic()
             result = step(self.state, obs, decided_s, self.config)
             if result.reason is None:

@@ -46,6 +46,17 @@ from agent.telemetry.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
+
+class _PahoNoise(logging.Filter):
+    """paho 2.2 logs an ERROR when its thread ends after a disconnect; that is normal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+paho_log = logging.getLogger(f"{__name__}.paho")
+paho_log.addFilter(_PahoNoise())
+
 DISCONNECT_WITH_WILL = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
 #: How long to wait for paho's thread to end after DISCONNECT before shutting its socket.
 JOIN_TIMEOUT_S = 2.0
@@ -268,7 +279,7 @@ class TelemetryClient:
         )
         # Our guards catch everything; this is the second belt should one of them not.
         client.suppress_exceptions = True
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.enable_logger(paho_log)
         client.connect_timeout = self.options.connect_timeout_s
         if self._tls is not None:
             client.tls_set_context(self._tls)

@@ -228,23 +228,26 @@ def test_unusable_settings_are_one_clear_error(tmp_path, store):
 async def test_birth_is_retained_and_state_follows_the_mode(mosquitto, store):
     client = TelemetryClient(settings_for(mosquitto), DEVICE, store, options=FAST)
     client.publish_state({"mode": "CELLULAR", "since": 1_800_000_000.25})
-    async with running(client):
-        # A subscriber that arrives after the connect still gets the birth: retained.
-        with subscriber(mosquitto, [STATE]) as sub:
+    with subscriber(mosquitto, [STATE]) as sub:
+        async with running(client):
             birth = await until(lambda: sub.on(STATE), "the birth message")
-            assert birth[0].retain
             assert birth[0].body == {
                 "v": 1,
                 "online": True,
                 "mode": "CELLULAR",
                 "since": 1_800_000_000.25,
             }
+            # A subscriber that comes after the birth still gets it: it is retained.
+            with subscriber(mosquitto, [STATE]) as late_comer:
+                retained = await until(lambda: late_comer.on(STATE), "the retained birth")
+                assert retained[0].retain and retained[0].body == birth[0].body
+
             assert client.publish_state({"mode": "PRIMARY", "since": 1_800_000_100.0})
             live = await until(lambda: sub.on(STATE)[1:], "the new state")
             assert live[0].body["mode"] == "PRIMARY"
-        with subscriber(mosquitto, [STATE]) as late_comer:
-            retained = await until(lambda: late_comer.on(STATE), "the retained state")
-            assert retained[-1].body["mode"] == "PRIMARY"
+            with subscriber(mosquitto, [STATE]) as late_comer:
+                retained = await until(lambda: late_comer.on(STATE), "the retained state")
+                assert retained[0].retain and retained[0].body["mode"] == "PRIMARY"
 
 
 async def test_events_arrive_in_order_with_epoch_and_seq(mosquitto, store):

@@ -50,7 +50,7 @@ def _sweep_labs_of_dead_sessions() -> None:
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
     stale: set[str] = set()
     for line in listing.stdout.splitlines():
-        match = re.fullmatch(r"(cpt(\d+)d?-)([a-z]+)", line.split()[0]) if line.strip() else None
+        match = re.fullmatch(r"(cpt(\d+)[de]?-)([a-z]+)", line.split()[0]) if line.strip() else None
         if match and match.group(3) in t.NODES and not os.path.exists(f"/proc/{match.group(2)}"):
             stale.add(match.group(1))
     for prefix in stale:
