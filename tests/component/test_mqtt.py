@@ -40,7 +40,7 @@ from agent.telemetry.mqtt import (
     TelemetryError,
     backoff_delay_s,
 )
-from agent.telemetry.outbox import EPOCH_KEY
+from agent.telemetry.outbox import EPOCH_KEY, Outbox
 from tests.helpers.mosquitto import Mosquitto, TcpRelay, make_tls_files, mosquitto
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,6 +220,38 @@ def test_unusable_settings_are_one_clear_error(tmp_path, store):
         TelemetryClient(
             MqttSection(host="x", tls=False, username="u", password_file=missing), DEVICE, store
         )
+
+
+def test_outbox_sends_in_order_and_marks_only_what_was_acknowledged(tmp_path):
+    path = tmp_path / "agent.db"
+    db = Store(path)
+    woken: list[int] = []
+    db.add_listener(woken.append)
+    seqs = [append(db, n=n) for n in range(5)]
+    assert woken == seqs  # the store wakes the outbox after each commit
+    outbox = Outbox(db)
+    assert outbox.take(2) == db.unpublished_events(limit=2)
+    assert [e.seq for e in outbox.take(10)] == seqs[2:]
+    for seq in seqs:
+        outbox.sent(seq, now_s=100.0)
+    assert outbox.oldest_inflight_age_s(130.0) == 30.0
+    outbox.acked(seqs[1])
+    outbox.acked(seqs[0])
+    outbox.rejected(seqs[2])  # the broker said no: it stays queued
+    assert unpublished(db) == seqs  # nothing is marked before the commit
+    assert outbox.commit() == 2
+    assert unpublished(db) == seqs[2:]
+    assert outbox.take(10) == []  # this session has sent everything once
+    outbox.begin_session()  # a new connection sends the rest again, oldest first
+    assert [e.seq for e in outbox.take(10)] == seqs[2:]
+    epoch = outbox.epoch
+    db.close()
+    again = Store(path)
+    assert Outbox(again).epoch == epoch  # the epoch lives as long as the database
+    again.close()
+    fresh = Store(tmp_path / "new.db")
+    assert Outbox(fresh).epoch != epoch  # a new database, a new sequence
+    fresh.close()
 
 
 # -- against a real broker ----------------------------------------------------------------
@@ -412,7 +444,7 @@ async def test_a_raising_callback_does_not_stop_the_network_thread(mosquitto, st
             raised.append(name)
             raise RuntimeError("injected failure in paho's thread")
 
-    options = MqttOptions(**{**FAST.__dict__, "ack_timeout_s": 1.0})
+    options = MqttOptions(**{**FAST.__dict__, "ack_timeout_s": 1.5})
     caplog.set_level(logging.ERROR, logger="agent.telemetry.mqtt")
     with subscriber(mosquitto, [EVT]) as sub:
         client = TelemetryClient(

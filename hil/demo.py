@@ -1,0 +1,241 @@
+"""`cpe-agent demo`: VoIP-only LTE failover, shown in the virtual lab with real parts.
+
+Builds the lab (network namespaces, sipp SBCs, a web host), starts a real mosquitto
+broker at the provider and a subscriber standing in for the fleet dashboard, starts
+the real agent in the CPE namespace, then:
+
+  1. a silent blackhole upstream of the primary (the link stays up): VoIP moves to LTE;
+  2. the primary restored: failback after the (shortened) dwell;
+  3. the primary's cable pulled, with the customer's own fallback route via LTE in
+     place: VoIP moves, the LAN PC's web traffic is blocked and counted on LTE;
+  4. restored again; figures; everything torn down (also on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hil.bench.voice_path import CELLULAR_SOURCE, PRIMARY_SOURCE, VoicePath, wait_until
+from hil.lab import Lab
+from hil.lab import topology as t
+from hil.sims.rtp_stream import voice_path_gaps
+
+SBC = t.SBC_ADDRESSES["sbc-east"]
+WEB_URL = f"http://{t.WEB_ADDRESS}/"
+FALLBACK_ROUTE = ["default", "via", "100.64.100.1", "dev", "lte0", "metric", "500"]
+
+
+class Narrator:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f} s] {text}", flush=True)
+
+    def banner(self, text: str) -> None:
+        print(f"\n=== {text}", flush=True)
+
+
+class FleetSubscriber:
+    """mosquitto_sub at the provider: what the fleet dashboard receives."""
+
+    def __init__(self, lab: Lab, out: Path) -> None:
+        self.out = out
+        self.proc = lab.spawn(
+            "sbc",
+            ["mosquitto_sub", "-h", t.MQTT_ADDRESS, "-p", str(t.MQTT_PORT), "-t", "cpe/v1/#", "-v"],
+            stdout=out.open("wb"),
+            stderr=subprocess.DEVNULL,
+        )
+
+    def messages(self, topic_suffix: str) -> list[dict[str, Any]]:
+        found = []
+        for line in self.out.read_text(errors="replace").splitlines():
+            topic, _, payload = line.partition(" ")
+            if topic.endswith(topic_suffix):
+                try:
+                    found.append(json.loads(payload))
+                except ValueError:
+                    continue
+        return found
+
+    def stop(self) -> None:
+        self.proc.terminate()
+
+
+def run(dwell_s: float) -> int:
+    n = Narrator()
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="cpe-demo-") as tmp:
+        work = Path(tmp)
+        lab = Lab()
+        n.banner("cpe-agent demo: VoIP-only LTE failover in a virtual lab")
+        n.say("building the lab: phone, LAN PC, CPE, primary ISP, LTE carrier (CGNAT), SBCs, web")
+        try:
+            lab.up(mqtt=True)
+            n.say(f"lab up; SBCs {', '.join(t.SBC_ADDRESSES.values())} answer SIP (sipp)")
+            fleet = FleetSubscriber(lab, work / "fleet.log")
+            n.say(
+                f"mosquitto broker at the provider ({t.MQTT_ADDRESS}:{t.MQTT_PORT}); "
+                "fleet subscriber on cpe/v1/#"
+            )
+            voice = VoicePath(lab, work, overrides={"CPE_AGENT_FAILOVER__DWELL_S": str(dwell_s)})
+            voice.start(stream=False)
+            n.say(
+                f"agent running in {lab.ns('cpe')}; failback dwell shortened to {dwell_s:g} s "
+                "for the demo (production default 120 s)"
+            )
+            show_links(n, voice.agent.status())
+            voice.start_stream()
+            n.say(
+                f"phone streams RTP-like packets, 50/s, to SBC {SBC}: arriving from "
+                f"{PRIMARY_SOURCE} (the primary)"
+            )
+            n.say(f"LAN PC fetches {WEB_URL}: HTTP {lab.http_get('pc', WEB_URL)} via the primary")
+
+            n.banner("1. silent blackhole upstream of the primary (its link stays up)")
+            figures["blackhole"] = cut_and_restore(n, lab, voice, fleet, ("blackhole",), "clear")
+
+            n.banner("2. the primary's cable pulled; the customer has a fallback route via LTE")
+            lab.exec("cpe", ["ip", "route", "add", *FALLBACK_ROUTE], check=True)
+            lab.exec("cpe", ["sysctl", "-qw", "net.ipv4.conf.all.ignore_routes_with_linkdown=1"])
+            figures["cable"] = cut_and_restore(n, lab, voice, fleet, ("down",), "up", web=True)
+
+            n.banner("figures")
+            for name, f in figures.items():
+                n.say(
+                    f"{name}: voice-path gap at the SBC {f['gap_s']:.2f} s ({f['lost']} packets), "
+                    f"agent switch {f['switch_ms']:.0f} ms, "
+                    f"failback after {f['on_lte_s']:.1f} s on LTE"
+                )
+            n.say(
+                "for scale: pfSense dpinger ~15 s, MikroTik check-gateway 10-20 s, "
+                "mwan3 defaults 40-130 s"
+            )
+            n.say(f"fleet received {len(fleet.messages('/evt'))} events over MQTT")
+            voice.stop()
+            fleet.stop()
+        except KeyboardInterrupt:
+            print("\ninterrupted: tearing the lab down", flush=True)
+            return 130
+        finally:
+            lab.down()
+            n.say("lab torn down")
+    return 0
+
+
+def cut_and_restore(
+    n: Narrator,
+    lab: Lab,
+    voice: VoicePath,
+    fleet: FleetSubscriber,
+    impair: tuple[str, ...],
+    restore: str,
+    web: bool = False,
+) -> dict[str, Any]:
+    failovers = len(voice.agent.events("failover"))
+    failbacks = len(voice.agent.events("failback"))
+    start_line = voice.line_count()
+    lab.impair("primary", *impair)
+    n.say(f"cut: primary {' '.join(impair)}")
+    wait_until(lambda: len(voice.agent.events("failover")) > failovers, 20, "the failover")
+    event = voice.agent.events("failover")[-1]["data"]
+    n.say(
+        f"agent: {event['from']} -> CELLULAR ({event['reason']}); router switched in "
+        f"{event['switch_ms']:.0f} ms; "
+        f"{event['conntrack_flushed']} SIP/RTP conntrack entries flushed"
+    )
+    wait_until(lambda: voice.last_source() == CELLULAR_SOURCE, 20, "RTP via LTE")
+    gaps = voice_path_gaps(
+        voice.arrivals(max(0, start_line - 100)), PRIMARY_SOURCE, CELLULAR_SOURCE
+    )
+    n.say(
+        f"RTP now arrives from {CELLULAR_SOURCE} (the LTE carrier's NAT): "
+        f"the SBC heard silence for {gaps.failover_gap_s:.2f} s"
+    )
+    sip = lab.sip_options("phone", SBC, timeout_s=2.0)
+    n.say(
+        f"phone's SIP OPTIONS to {SBC} over LTE: "
+        f"{sip.get('status', 'no answer')} {sip.get('reason', '')}".rstrip()
+    )
+    if web:
+        code = lab.http_get("pc", WEB_URL, timeout_s=1.0)
+        status = voice.agent.wait_for(
+            lambda s: s.get("router", {}).get("blocked_packets", 0) > 0, 15, "blocked counter"
+        )
+        n.say(
+            f"LAN PC's HTTP: {'blocked' if code is None else code}: data is not allowed on "
+            f"LTE; {status['router']['blocked_packets']} packets dropped and counted"
+        )
+    else:
+        n.say(
+            f"LAN PC's HTTP: {lab.http_get('pc', WEB_URL, timeout_s=1.0) or 'no way out'} "
+            "(web traffic is never moved to LTE)"
+        )
+    show_fleet(n, fleet, "failover")
+    lab.impair("primary", restore)
+    if web:
+        lab.exec("cpe", ["ip", "route", "del", *FALLBACK_ROUTE])
+    n.say(
+        f"restored: primary {restore}; the agent waits until its 10 s quality window is clean"
+    )
+    voice.agent.wait_mode("RECOVERING", 30)
+    n.say("agent: RECOVERING (primary healthy, dwelling before failback)")
+    wait_until(lambda: len(voice.agent.events("failback")) > failbacks, 120, "the failback")
+    back = voice.agent.events("failback")[-1]["data"]
+    wait_until(lambda: voice.last_source() == PRIMARY_SOURCE, 20, "RTP via the primary")
+    n.say(
+        f"agent: failback to PRIMARY after {back['on_cellular_s']} s on LTE; "
+        f"RTP from {PRIMARY_SOURCE} again; web: HTTP {lab.http_get('pc', WEB_URL)}"
+    )
+    show_fleet(n, fleet, "failback")
+    return {
+        "gap_s": gaps.failover_gap_s or 0.0,
+        "lost": gaps.lost,
+        "switch_ms": event["switch_ms"],
+        "on_lte_s": back["on_cellular_s"] or 0.0,
+    }
+
+
+def show_links(n: Narrator, status: dict[str, Any] | None) -> None:
+    if not status:
+        return
+    for role in ("primary", "cellular"):
+        link = status["links"][role]
+        n.say(f"{role}: {link['verdict']} ({link.get('reason', '')})")
+
+
+def show_fleet(n: Narrator, fleet: FleetSubscriber, kind: str) -> None:
+    def seen() -> bool:
+        return any(m.get("kind") == kind for m in fleet.messages("/evt"))
+
+    if wait_until_quiet(seen, 10):
+        n.say(f"fleet dashboard received the '{kind}' event over MQTT")
+    else:
+        n.say(f"fleet dashboard has not received a '{kind}' event over MQTT yet")
+
+
+def wait_until_quiet(predicate: Any, timeout_s: float) -> bool:
+    try:
+        wait_until(predicate, timeout_s, "fleet event")
+    except TimeoutError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="cpe-agent demo in the virtual lab")
+    parser.add_argument("--dwell-s", type=float, default=8.0)
+    args = parser.parse_args(argv)
+    return run(args.dwell_s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
