@@ -22,6 +22,7 @@ from agent.failover.fsm import FsmConfig, Observation
 from agent.health import wiring as health_wiring
 from agent.status import write_status
 from agent.store import Store
+from agent.telemetry.mqtt import TelemetryClient, TelemetryError
 from drivers import registry
 from drivers.errors import DriverError
 from drivers.router.base import RouterDriver
@@ -34,6 +35,8 @@ STATUS_EVERY_S = 1.0
 #: Read the router back (drift, tampering, blocked counters) this often.
 ROUTER_CHECK_EVERY_S = 5.0
 CALLS_POLL_EVERY_S = 2.0
+#: Link figures to the fleet; sparse because in failover MQTT itself rides on LTE.
+TELEMETRY_EVERY_S = 60.0
 
 
 def build_router(settings: Settings) -> RouterDriver:
@@ -104,13 +107,28 @@ async def run_agent(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     store = Store(settings.agent.state_dir / "agent.db")
+    telemetry: TelemetryClient | None = None
+    telemetry_task: asyncio.Task[None] | None = None
+    if settings.mqtt.host:
+        try:
+            telemetry = TelemetryClient(settings.mqtt, settings.agent.device_id, store, clock)
+        except TelemetryError as exc:
+            # Reporting is not worth losing failover over: say so, and run without it.
+            log.error("telemetry is off: %s", exc)
     router = build_router(settings)
     await router.open()
     try:
-        agent = Agent(settings, router, store, clock)
+        if telemetry is not None:
+            # Outside run_until's tasks: on stop it drains acknowledgements, then leaves
+            # with the delayed will so a planned restart does not flap the site offline.
+            telemetry_task = asyncio.create_task(telemetry.run(stop), name="mqtt")
+        agent = Agent(settings, router, store, clock, telemetry)
         await agent.start()
         await agent.run_until(stop)
     finally:
+        stop.set()
+        if telemetry_task is not None:
+            await asyncio.gather(telemetry_task, return_exceptions=True)
         await router.close()
         store.close()
 
@@ -118,8 +136,16 @@ async def run_agent(
 class Agent:
     """The running agent: health in, decisions out, status and events on the side."""
 
-    def __init__(self, settings: Settings, router: RouterDriver, store: Store, clock: Clock):
+    def __init__(
+        self,
+        settings: Settings,
+        router: RouterDriver,
+        store: Store,
+        clock: Clock,
+        telemetry: TelemetryClient | None = None,
+    ):
         self.settings = settings
+        self.telemetry = telemetry
         self.router = router
         self.store = store
         self.clock = clock
@@ -159,6 +185,13 @@ class Agent:
             )
         )
         self._set_cellular_interval()
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.publish_state(
+                {"mode": self.controller.state.mode.value, "since": self.mode_since_wall_s}
+            )
 
     async def run_until(self, stop: asyncio.Event) -> None:
         tasks = [
@@ -243,6 +276,7 @@ class Agent:
                 transition.switch_s * 1000,
             )
             self._set_cellular_interval()
+            self._publish_state()
             self._write_status()  # at once: tools waiting on the mode must not see a stale one
 
     def _set_cellular_interval(self) -> None:
@@ -300,8 +334,16 @@ class Agent:
     # --- status ---------------------------------------------------------------------
 
     async def _status_loop(self) -> None:
+        last_telemetry_s = -TELEMETRY_EVERY_S
         while True:
             self._write_status()
+            now = self.clock.monotonic()
+            if self.telemetry is not None and now - last_telemetry_s >= TELEMETRY_EVERY_S:
+                last_telemetry_s = now
+                links = self.status()["links"]
+                self.telemetry.publish_telemetry(
+                    {"mode": self.controller.state.mode.value, "links": links}
+                )
             await self.clock.sleep(STATUS_EVERY_S)
 
     def _write_status(self) -> None:

@@ -48,6 +48,7 @@ class FleetSubscriber:
 
     def __init__(self, lab: Lab, out: Path) -> None:
         self.out = out
+        self.seen_kinds: list[Any] = []
         self.proc = lab.spawn(
             "sbc",
             ["mosquitto_sub", "-h", t.MQTT_ADDRESS, "-p", str(t.MQTT_PORT), "-t", "cpe/v1/#", "-v"],
@@ -213,8 +214,14 @@ def show_links(n: Narrator, status: dict[str, Any] | None) -> None:
 
 
 def show_fleet(n: Narrator, fleet: FleetSubscriber, kind: str) -> None:
+    before = fleet.seen_kinds.count(kind)
+
     def seen() -> bool:
-        return any(m.get("kind") == kind for m in fleet.messages("/evt"))
+        kinds = [m.get("kind") for m in fleet.messages("/evt")]
+        if kinds.count(kind) > before:
+            fleet.seen_kinds = kinds
+            return True
+        return False
 
     if wait_until_quiet(seen, 10):
         n.say(f"fleet dashboard received the '{kind}' event over MQTT")
