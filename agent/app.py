@@ -20,7 +20,7 @@ from agent.domain import Event, EventKind, LinkRole, Mode, Verdict
 from agent.failover.controller import FailoverController
 from agent.failover.fsm import FsmConfig, Observation
 from agent.health import wiring as health_wiring
-from agent.status import write_status
+from agent.status import clear_status, write_status
 from agent.store import Store
 from agent.telemetry.mqtt import TelemetryClient, TelemetryError
 from drivers import registry
@@ -131,6 +131,7 @@ async def run_agent(
             await asyncio.gather(telemetry_task, return_exceptions=True)
         await router.close()
         store.close()
+        clear_status(settings.agent.runtime_dir)
 
 
 class Agent:

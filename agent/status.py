@@ -24,6 +24,11 @@ def write_status(runtime_dir: Path, status: dict[str, Any]) -> None:
     os.replace(tmp, target)
 
 
+def clear_status(runtime_dir: Path) -> None:
+    """On a clean stop: no status is truer than a stale one."""
+    (runtime_dir / STATUS_FILE).unlink(missing_ok=True)
+
+
 def read_status(runtime_dir: Path) -> dict[str, Any] | None:
     try:
         return dict(json.loads((runtime_dir / STATUS_FILE).read_text()))

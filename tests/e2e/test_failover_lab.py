@@ -6,6 +6,7 @@ Each test ends by showing recovery: VoIP back on the primary.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hil.agent_process import CPE_AGENT
 from hil.bench.voice_path import CELLULAR_SOURCE, PRIMARY_SOURCE, VoicePath, wait_until
 from hil.lab import Lab
 
@@ -171,3 +173,35 @@ def test_agent_restart_resumes_failover_mode_and_reapplies_it(lab: Lab, voice: V
     )
     lab.impair("primary", "clear")
     wait_until(lambda: voice.last_source() == PRIMARY_SOURCE, 60, "RTP back via the primary")
+
+
+def test_status_json_inside_the_cpe_namespace_then_remove_cleans_the_router(
+    lab: Lab, voice: VoicePath
+):
+    env = {
+        "CPE_AGENT_AGENT__RUNTIME_DIR": str(voice.agent.runtime_dir),
+        "CPE_AGENT_AGENT__STATE_DIR": str(voice.agent.state_dir),
+    }
+    cli = [str(CPE_AGENT), "status", "--json", "--config", str(lab.config_path)]
+    result = lab.exec("cpe", cli, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["mode"] == "PRIMARY"
+    assert status["links"]["primary"]["verdict"] == "up"
+    assert status["router"]["in_sync"] is True
+
+    voice.agent.stop()
+    remove = [str(CPE_AGENT), "remove", "--json", "--config", str(lab.config_path)]
+    result = lab.exec("cpe", remove, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["removed"] >= 3
+    assert lab.exec("cpe", ["nft", "list", "table", "inet", "cpe_agent"]).returncode != 0
+    rules = lab.exec("cpe", ["ip", "rule"]).stdout
+    assert "lookup 4241" not in rules
+    # The customer's own NAT is untouched, and the PC still browses via the primary.
+    assert lab.exec("cpe", ["nft", "list", "table", "ip", "customer_nat"]).returncode == 0
+    assert lab.http_get("pc", WEB) == 200
+    # A stopped agent leaves no status behind: `status` says it is not running, exit 3.
+    result = lab.exec("cpe", cli, env={**os.environ, **env})
+    assert result.returncode == 3
+    assert "not running" in json.loads(result.stdout)["problems"][0]
