@@ -14,6 +14,7 @@ import logging
 import signal
 from typing import Any
 
+from agent import sdnotify
 from agent.clock import Clock
 from agent.config import Settings, read_secret
 from agent.domain import Event, EventKind, LinkRole, Mode, Verdict
@@ -124,6 +125,7 @@ async def run_agent(
             telemetry_task = asyncio.create_task(telemetry.run(stop), name="mqtt")
         agent = Agent(settings, router, store, clock, telemetry)
         await agent.start()
+        sdnotify.notify("READY=1")
         await agent.run_until(stop)
     finally:
         stop.set()
@@ -338,6 +340,7 @@ class Agent:
         last_telemetry_s = -TELEMETRY_EVERY_S
         while True:
             self._write_status()
+            sdnotify.notify("WATCHDOG=1")  # from the loop itself: a wedged loop stops it
             now = self.clock.monotonic()
             if self.telemetry is not None and now - last_telemetry_s >= TELEMETRY_EVERY_S:
                 last_telemetry_s = now
