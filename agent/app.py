@@ -256,6 +256,18 @@ class Agent:
             active_calls=self.active_calls,
         )
 
+    def evidence(self) -> dict[str, object]:
+        """Each link's verdict and figures, for the events of a transition."""
+        found: dict[str, object] = {}
+        for role, assessment in self.assessments.items():
+            figures = health_wiring.assessment_figures(assessment)
+            found[role.value] = {
+                key: round(value, 2) if isinstance(value, float) else value
+                for key, value in figures.items()
+                if key in ("verdict", "reason", "loss_pct", "rtt_ms", "jitter_ms", "mos")
+            }
+        return found
+
     async def _decide_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -265,7 +277,7 @@ class Agent:
 
     async def decide(self) -> None:
         try:
-            transition = await self.controller.observe(self.observation())
+            transition = await self.controller.observe(self.observation(), self.evidence())
         except DriverError as exc:
             log.error("failover action failed: %s", exc)
             return

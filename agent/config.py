@@ -141,7 +141,8 @@ class HealthSection(_Section):
     down_after_s: float = Field(default=1.0, gt=0, le=60)
     min_targets_up: int = Field(default=1, ge=1)
     window_s: float = Field(default=10.0, gt=0, le=600)
-    degraded_loss_pct: float = Field(default=3.0, ge=0, le=100)
+    #: One-way loss estimated from round-trip probes (see docs/health.md).
+    degraded_loss_pct: float = Field(default=5.0, ge=0, le=100)
     degraded_rtt_ms: float = Field(default=300.0, gt=0)
     degraded_jitter_ms: float = Field(default=40.0, gt=0)
     degraded_mos: float = Field(default=3.6, ge=1, le=4.5)
@@ -179,6 +180,33 @@ class MqttSection(_Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     keepalive_s: int = Field(default=60, ge=5, le=3600)
+    #: Keepalive while the agent's MQTT rides the LTE link: every PINGREQ/PINGRESP costs
+    #: ~250 bytes on the wire; keep it under the carrier's NAT idle timeout.
+    keepalive_cellular_s: int = Field(default=1200, ge=30, le=7200)
+    #: The broker keeps the session (and honours the will delay) this long after a drop.
+    session_expiry_s: int = Field(default=86_400, ge=0, le=2_592_000)
+    #: The last will (`online: false`) waits this long, so a restart does not flap.
+    will_delay_s: int = Field(default=60, ge=0, le=3600)
+    #: Reconnect back-off: full jitter between reconnect_min_s/4 and this, doubling.
+    reconnect_min_s: float = Field(default=2.0, gt=0, le=300)
+    reconnect_max_s: float = Field(default=120.0, gt=0, le=3600)
+    #: After the broker refuses the credentials or certificate: wait this long (jittered).
+    auth_backoff_s: float = Field(default=900.0, ge=10, le=86_400)
+    #: No PUBACK for this long: drop the connection and resend.
+    ack_timeout_s: float = Field(default=120.0, ge=5, le=3600)
+    #: "auto" tries MQTT 5 and falls back to 3.1.1 if the broker refuses it.
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    #: Telemetry is sent when it changes, and at least this often (heartbeat).
+    heartbeat_s: float = Field(default=300.0, ge=10, le=86_400)
+    heartbeat_cellular_s: float = Field(default=3600.0, ge=60, le=86_400)
+    #: On LTE, changes are gathered this long and sent as one message.
+    batch_cellular_s: float = Field(default=900.0, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _backoff_range(self) -> MqttSection:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not be above reconnect_max_s")
+        return self
 
 
 class Settings(BaseSettings):

@@ -66,17 +66,25 @@ class FailoverController:
         if mode is not self.state.mode:
             log.info("resumed %s as %s", mode.value, self.state.mode.value)
 
-    async def observe(self, obs: Observation) -> Transition | None:
-        """Feed one observation; apply and report a transition if the table says so."""
+    async def observe(
+        self, obs: Observation, evidence: Mapping[str, object] | None = None
+    ) -> Transition | None:
+        """Feed one observation; apply and report a transition if the table says so.
+
+        `evidence` (each link's verdict and figures) goes into the transition's events,
+        so the provider sees why the site moved, not only that it did.
+        """
         async with self.lock:
             decided_s = self.clock.monotonic()
             result = step(self.state, obs, decided_s, self.config)
             if result.reason is None:
                 self.state = result.state
                 return None
-            return await self._apply(result, decided_s)
+            return await self._apply(result, decided_s, evidence or {})
 
-    async def _apply(self, result: Step, decided_s: float) -> Transition:
+    async def _apply(
+        self, result: Step, decided_s: float, evidence: Mapping[str, object]
+    ) -> Transition:
         before = self.state
         flushed = 0
         for action in result.actions:
@@ -86,7 +94,7 @@ class FailoverController:
         transition = Transition(
             before.mode, result.state.mode, result.reason or "", switch_s, flushed
         )
-        self._record(before, transition)
+        self._record(before, transition, evidence)
         self._persist()
         return transition
 
@@ -122,9 +130,10 @@ class FailoverController:
             f"the router did not take the VoIP path {path.value} ({last_error})"
         )
 
-    def _record(self, before: FsmState, t: Transition) -> None:
+    def _record(self, before: FsmState, t: Transition, evidence: Mapping[str, object]) -> None:
         now_wall = self.clock.wall()
         data = {
+            **evidence,
             "from": t.from_mode.value,
             "to": t.to_mode.value,
             "reason": t.reason,

@@ -138,9 +138,23 @@ def one_way_delay_ms(rtt_ms: float, jitter_ms: float, codec_name: str = "g711") 
     return max(0.0, rtt_ms) / 2.0 + 2.0 * max(0.0, jitter_ms) + codec(codec_name).packetization_ms
 
 
+def one_way_loss_pct(round_trip_loss_pct: float) -> float:
+    """The loss a voice stream sees in one direction, from the loss of round-trip probes.
+
+    A ping must survive the path twice, a voice packet once: with independent loss p
+    each way, probes are lost with 1 - (1 - p)^2, so p = 1 - sqrt(1 - lost). Feeding
+    the round-trip figure to the E-model would count every lost packet twice (a link
+    with 3 % loss each way looks like 6 %) and fail over from a line that is fine for
+    calls (MOS 4.1 instead of 3.8 for G.711).
+    """
+    lost = min(100.0, max(0.0, round_trip_loss_pct)) / 100.0
+    return 100.0 * (1.0 - (1.0 - lost) ** 0.5)
+
+
 def voice_quality(
     rtt_ms: float, jitter_ms: float, loss_pct: float, codec_name: str = "g711"
 ) -> tuple[float, float]:
-    """(R, MOS) for a call over a link with these ping figures."""
-    r = r_factor(one_way_delay_ms(rtt_ms, jitter_ms, codec_name), loss_pct, codec_name)
+    """(R, MOS) for a call over a link with these ping figures (`loss_pct` round trip)."""
+    delay_ms = one_way_delay_ms(rtt_ms, jitter_ms, codec_name)
+    r = r_factor(delay_ms, one_way_loss_pct(loss_pct), codec_name)
     return r, mos_from_r(r)

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from agent.health.emodel import codec as _codec
-from agent.health.emodel import voice_quality
+from agent.health.emodel import one_way_loss_pct, voice_quality
 from drivers.types import ProbeResult
 
 #: (sent_at_s, result): when the probe left (monotonic seconds) and how it ended.
@@ -61,7 +61,8 @@ class HealthPolicy:
     late_after_s: float = 0.2
     #: k of n: the link is up while at least k ICMP targets are alive.
     min_targets_up: int = 1
-    degraded_loss_pct: float = 3.0
+    #: One-way loss (estimated from round-trip probes) above which voice suffers.
+    degraded_loss_pct: float = 5.0
     degraded_rtt_ms: float = 300.0
     degraded_jitter_ms: float = 40.0
     degraded_mos: float = 3.6
@@ -266,8 +267,9 @@ def _fmt(value: float | None, unit: str, digits: int = 0) -> str:
 
 def _quality_problems(stats: WindowStats, mos: float | None, policy: HealthPolicy) -> list[str]:
     problems = []
-    if stats.loss_pct is not None and stats.loss_pct > policy.degraded_loss_pct:
-        problems.append(f"loss {stats.loss_pct:.1f} % > {policy.degraded_loss_pct:g} %")
+    one_way = None if stats.loss_pct is None else one_way_loss_pct(stats.loss_pct)
+    if one_way is not None and one_way > policy.degraded_loss_pct:
+        problems.append(f"loss {one_way:.1f} % each way > {policy.degraded_loss_pct:g} %")
     if stats.rtt_median_ms is not None and stats.rtt_median_ms > policy.degraded_rtt_ms:
         problems.append(f"RTT {stats.rtt_median_ms:.0f} ms > {policy.degraded_rtt_ms:g} ms")
     if stats.jitter_ms is not None and stats.jitter_ms > policy.degraded_jitter_ms:

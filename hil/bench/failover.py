@@ -79,13 +79,20 @@ def run(trials: int, noisy_minutes: float, progress: bool) -> dict[str, Any]:
                     time.sleep(1.0)
                 lab.impair("primary", "clear")
                 lab.impair("target", "clear")
-            false_failovers = len(path.agent.events("failover")) - failovers_before
+            noisy_failovers = path.agent.events("failover")[failovers_before:]
+            false_failovers = len(noisy_failovers)
+            # Why, for the engineer reading the figure: the primary's reason at the time.
+            false_reasons = [
+                f"{e['data'].get('reason')}: {e['data'].get('primary', {}).get('reason')}"
+                for e in noisy_failovers
+            ]
         finally:
             path.stop()
     return {
         "silent_blackhole_s": summary(results["silent_blackhole_s"]),
         "carrier_loss_s": summary(results["carrier_loss_s"]),
         "false_failovers": false_failovers,
+        "false_failover_reasons": false_reasons,
         "noisy_minutes": noisy_minutes,
         "trials": trials,
         "samples": {k: [round(v, 3) for v in vs] for k, vs in results.items()},

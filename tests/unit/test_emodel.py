@@ -10,6 +10,7 @@ from agent.health.emodel import (
     effective_equipment_impairment,
     mos_from_r,
     one_way_delay_ms,
+    one_way_loss_pct,
     r_factor,
     r_factor_cole_rosenbluth,
     voice_quality,
@@ -125,7 +126,7 @@ def test_one_way_delay(rtt_ms, jitter_ms, codec, expected):
 
 def test_voice_quality_combines_the_parts():
     r, mos = voice_quality(rtt_ms=40, jitter_ms=5, loss_pct=1, codec_name="g711")
-    assert r == pytest.approx(r_factor(50, 1, "g711"))
+    assert r == pytest.approx(r_factor(50, one_way_loss_pct(1), "g711"))
     assert mos == pytest.approx(mos_from_r(r))
     assert 4.2 < mos < 4.4
 
@@ -145,3 +146,18 @@ def test_unknown_codec_is_a_clear_error(bad):
 def test_burst_ratio_must_be_positive():
     with pytest.raises(ValueError, match="burst_ratio"):
         effective_equipment_impairment("g711", 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("round_trip_pct", "one_way_pct"),
+    [(0, 0.0), (100, 100.0), (5.91, 3.0), (19, 10.0), (-1, 0.0), (150, 100.0)],
+)
+def test_one_way_loss_from_round_trip_probes(round_trip_pct, one_way_pct):
+    """A ping crosses the path twice: 3 % each way loses 5.91 % of probes."""
+    assert one_way_loss_pct(round_trip_pct) == pytest.approx(one_way_pct, abs=0.01)
+
+
+def test_noisy_but_healthy_line_is_fine_for_calls():
+    """3 % loss each way (about 6 % of pings lost) is still a good G.711 call."""
+    _, mos = voice_quality(rtt_ms=20, jitter_ms=2, loss_pct=5.91, codec_name="g711")
+    assert 4.0 < mos < 4.2

@@ -161,6 +161,7 @@ VERDICT_CASES = [
         "silence shorter than down_after_s: poor, not down",
         dead_after("a", 40, [None] * 3) + dead_after("b", 40, [None] * 3),
         DEG,
+        policy=HealthPolicy(down_after_s=0.8, degraded_loss_pct=3.0),
         reason_has="loss",
     ),
     # A stalled scheduler: long silence, but only two probes went out meanwhile.
@@ -168,6 +169,7 @@ VERDICT_CASES = [
         "silence without enough probes is no evidence",
         series("a", [20.0] * 20, end_s=NOW - 3) + series("a", [None] * 2, end_s=NOW),
         DEG,
+        policy=HealthPolicy(down_after_s=0.8, degraded_loss_pct=3.0),
         targets_up=1,
     ),
     # A blackhole seen through probes still in flight (before their own timeouts).
@@ -243,7 +245,7 @@ VERDICT_CASES = [
         series("a", [*([265.0, 295.0] * 20)[:39], None], end_s=NOW),
         DEG,
         policy=HealthPolicy(down_after_s=0.8, codec="g729", degraded_loss_pct=3.0),
-        reason_has="MOS 3.24",
+        reason_has="MOS 3.47",
     ),
     Case(
         "too few samples to judge quality",
