@@ -60,9 +60,10 @@ def build_router(settings: Settings) -> RouterDriver:
 def build_policy(settings: Settings) -> VoipPolicy:
     voip = settings.voip
     cellular = settings.links.cellular
-    agent_prefixes: tuple[str, ...] = ()
+    brokers = [str(a) for a in settings.mqtt.broker_addresses]
     if settings.mqtt.host and _is_ipv4(settings.mqtt.host):
-        agent_prefixes = (f"{settings.mqtt.host}/32",)
+        brokers.append(settings.mqtt.host)
+    agent_prefixes = tuple(f"{address}/32" for address in dict.fromkeys(brokers))
     return VoipPolicy(
         primary_interface=settings.links.primary.interface,
         cellular_interface=cellular.interface,

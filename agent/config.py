@@ -171,6 +171,9 @@ class PlanSection(_Section):
 class MqttSection(_Section):
     #: No host: telemetry is off (the agent still fails over).
     host: str | None = None
+    #: The broker's IPv4 addresses when `host` is a name: in failover the agent's own
+    #: MQTT follows VoIP onto LTE by destination (an IPv4 `host` counts by itself).
+    broker_addresses: list[ipaddress.IPv4Address] = Field(default_factory=list)
     port: int = Field(default=8883, ge=1, le=65535)
     tls: bool = True
     ca_file: Path | None = None

@@ -102,3 +102,13 @@ def test_syntax_error_and_missing_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_settings(tmp_path / "absent.toml")
     assert "does not exist" in err.value.problems[0]
+
+
+def test_broker_addresses_follow_voip_onto_lte(tmp_path):
+    from agent.app import build_policy
+
+    text = MINIMAL + '[mqtt]\nhost = "mqtt.example"\nbroker_addresses = ["203.0.113.30"]\n'
+    policy = build_policy(load_settings(write(tmp_path, text)))
+    assert policy.agent_prefixes == ("203.0.113.30/32",)
+    text = MINIMAL + '[mqtt]\nhost = "203.0.113.31"\n'
+    assert build_policy(load_settings(write(tmp_path, text))).agent_prefixes == ("203.0.113.31/32",)
