@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import logging
 import signal
+from dataclasses import replace
 from typing import Any
 
 from agent import sdnotify
@@ -21,8 +22,10 @@ from agent.domain import Event, EventKind, LinkRole, Mode, Verdict
 from agent.failover.controller import FailoverController
 from agent.failover.fsm import FsmConfig, Observation
 from agent.health import wiring as health_wiring
+from agent.meter.meter import Meter
 from agent.status import clear_status, write_status
 from agent.store import Store
+from agent.telemetry.commands import AgentHooks, CommandHandler
 from agent.telemetry.mqtt import TelemetryClient, TelemetryError
 from drivers import registry
 from drivers.errors import DriverError
@@ -36,8 +39,11 @@ STATUS_EVERY_S = 1.0
 #: Read the router back (drift, tampering, blocked counters) this often.
 ROUTER_CHECK_EVERY_S = 5.0
 CALLS_POLL_EVERY_S = 2.0
-#: Link figures to the fleet; sparse because in failover MQTT itself rides on LTE.
-TELEMETRY_EVERY_S = 60.0
+#: Link figures offered to the telemetry client, which sends only real changes plus an
+#: hourly heartbeat, batched on LTE (see docs/mqtt.md).
+TELEMETRY_EVERY_S = 30.0
+#: At the plan's cap: offered rarely; the client sends heartbeats only (events still go).
+TELEMETRY_MINIMUM_EVERY_S = 900.0
 
 
 def build_router(settings: Settings) -> RouterDriver:
@@ -110,7 +116,7 @@ async def run_agent(
             loop.add_signal_handler(signum, stop.set)
     store = Store(settings.agent.state_dir / "agent.db")
     telemetry: TelemetryClient | None = None
-    telemetry_task: asyncio.Task[None] | None = None
+    telemetry_tasks: list[asyncio.Task[None]] = []
     if settings.mqtt.host:
         try:
             telemetry = TelemetryClient(settings.mqtt, settings.agent.device_id, store, clock)
@@ -120,18 +126,39 @@ async def run_agent(
     router = build_router(settings)
     await router.open()
     try:
-        if telemetry is not None:
-            # Outside run_until's tasks: on stop it drains acknowledgements, then leaves
-            # with the delayed will so a planned restart does not flap the site offline.
-            telemetry_task = asyncio.create_task(telemetry.run(stop), name="mqtt")
         agent = Agent(settings, router, store, clock, telemetry)
+        meter = Meter(
+            router, store, clock, settings, on_telemetry_minimum=agent.set_telemetry_minimum
+        )
+        agent.meter = meter
+        if telemetry is not None:
+            # Built before the client runs: it subscribes to cmd/req and cfg/des on connect.
+            commands = CommandHandler(
+                telemetry,
+                store,
+                AgentHooks(
+                    apply_thresholds=agent.apply_thresholds,
+                    current_thresholds=agent.current_thresholds,
+                    reset_meter=lambda reason: meter.reset(reason, by="fleet"),
+                    run_failover_test=None,  # the installer's test is a later issue
+                ),
+                clock,
+            )
+            # Outside run_until's tasks: on stop they drain acknowledgements, then leave
+            # with the delayed will so a planned restart does not flap the site offline.
+        # The agent first (its monitor takes the fleet's saved threshold overrides), then
+        # reporting: a command arriving at connect finds everything in place.
         await agent.start()
+        if telemetry is not None:
+            telemetry_tasks = [
+                asyncio.create_task(telemetry.run(stop), name="mqtt"),
+                asyncio.create_task(commands.run(stop), name="mqtt-commands"),
+            ]
         sdnotify.notify("READY=1")
         await agent.run_until(stop)
     finally:
         stop.set()
-        if telemetry_task is not None:
-            await asyncio.gather(telemetry_task, return_exceptions=True)
+        await asyncio.gather(*telemetry_tasks, return_exceptions=True)
         await router.close()
         store.close()
         clear_status(settings.agent.runtime_dir)
@@ -150,6 +177,10 @@ class Agent:
     ):
         self.settings = settings
         self.telemetry = telemetry
+        #: The LTE data meter; set by run_agent (tests may run an Agent without one).
+        self.meter: Meter | None = None
+        #: At the plan's cap the agent's own reporting drops to the minimum (voice never stops).
+        self.telemetry_minimum = False
         self.router = router
         self.store = store
         self.clock = clock
@@ -191,8 +222,55 @@ class Agent:
         self._set_cellular_interval()
         self._publish_state()
 
+    # --- what the fleet may change (MQTT commands) -----------------------------------
+
+    HEALTH_THRESHOLDS = (
+        "degraded_loss_pct",
+        "degraded_rtt_ms",
+        "degraded_jitter_ms",
+        "degraded_mos",
+    )
+
+    def current_thresholds(self) -> dict[str, Any]:
+        policy = self.monitor.policy(LinkRole.PRIMARY.value)
+        return {name: getattr(policy, name) for name in self.HEALTH_THRESHOLDS}
+
+    def apply_thresholds(self, wanted: dict[str, Any]) -> dict[str, Any]:
+        """Apply the fleet's threshold overrides to both links' health policy, live.
+
+        The contract has validated the ranges; the meter's usage thresholds come from the
+        plan in the config file in this version, so a change of those is refused.
+        """
+        changes = {k: v for k, v in wanted.items() if v is not None}
+        if "usage_thresholds_pct" in changes:
+            raise ValueError(
+                "usage thresholds are set by [plan] thresholds_pct in the config file "
+                "in this version"
+            )
+        unknown = set(changes) - set(self.HEALTH_THRESHOLDS)
+        if unknown:
+            raise ValueError(f"unknown thresholds: {', '.join(sorted(unknown))}")
+        for role in (LinkRole.PRIMARY, LinkRole.CELLULAR):
+            policy = replace(self.monitor.policy(role.value), **changes)
+            self.monitor.set_policy(role.value, policy)
+        log.info("health thresholds changed by the fleet: %s", changes)
+        return self.current_thresholds()
+
+    def set_telemetry_minimum(self, minimum: bool) -> None:
+        if minimum != self.telemetry_minimum:
+            log.warning(
+                "LTE plan cap reached: periodic telemetry cut to the minimum"
+                if minimum
+                else "LTE plan below its cap again: periodic telemetry back to normal"
+            )
+        self.telemetry_minimum = minimum
+        if self.telemetry is not None:
+            self.telemetry.set_minimum_telemetry(minimum)
+
     def _publish_state(self) -> None:
         if self.telemetry is not None:
+            # The path, not the mode: on LTE the client keeps alive sparingly.
+            self.telemetry.set_uplink(self.controller.state.path.value)
             self.telemetry.publish_state(
                 {"mode": self.controller.state.mode.value, "since": self.mode_since_wall_s}
             )
@@ -205,6 +283,8 @@ class Agent:
             asyncio.create_task(self._status_loop(), name="status"),
             asyncio.create_task(self._router_loop(), name="router-watch"),
         ]
+        if self.meter is not None:
+            tasks.append(asyncio.create_task(self.meter.run(), name="meter"))
         stop_task = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in [*tasks, stop_task]:
@@ -332,6 +412,8 @@ class Agent:
 
     async def _check_drift_locked(self) -> None:
         state = await self.router.read_state()
+        if self.meter is not None:
+            self.meter.note_router_state(state)  # blocked non-VoIP bytes on LTE
         expected_path = self.controller.state.path
         drift = list(state.drift)
         if state.voip_path is not expected_path:
@@ -352,16 +434,30 @@ class Agent:
     async def _status_loop(self) -> None:
         last_telemetry_s = -TELEMETRY_EVERY_S
         while True:
+            if self.meter is not None:
+                primary_up = self._verdict(LinkRole.PRIMARY) is Verdict.UP
+                self.meter.note_links(self.controller.state.mode, primary_up)
             self._write_status()
             sdnotify.notify("WATCHDOG=1")  # from the loop itself: a wedged loop stops it
             now = self.clock.monotonic()
-            if self.telemetry is not None and now - last_telemetry_s >= TELEMETRY_EVERY_S:
+            every_s = TELEMETRY_MINIMUM_EVERY_S if self.telemetry_minimum else TELEMETRY_EVERY_S
+            if self.telemetry is not None and now - last_telemetry_s >= every_s:
                 last_telemetry_s = now
-                links = self.status()["links"]
-                self.telemetry.publish_telemetry(
-                    {"mode": self.controller.state.mode.value, "links": links}
-                )
+                try:
+                    self.telemetry.publish_telemetry(self._telemetry_payload())
+                except Exception:  # reporting must never take the failover loop down
+                    log.exception("telemetry sample not sent")
             await self.clock.sleep(STATUS_EVERY_S)
+
+    def _telemetry_payload(self) -> dict[str, Any]:
+        # Links stay in even at the minimum: the client sends only changes and heartbeats.
+        payload: dict[str, Any] = {
+            "mode": self.controller.state.mode.value,
+            "links": self.status()["links"],
+        }
+        if self.meter is not None:
+            payload["usage"] = self.meter.telemetry()
+        return payload
 
     def _write_status(self) -> None:
         try:
@@ -403,6 +499,7 @@ class Agent:
             "links": links,
             "router": router,
             "recent_events": recent,
+            "meter": self.meter.snapshot() if self.meter is not None else None,
             "written_wall_s": self.clock.wall(),
         }
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -98,7 +100,56 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object for machines")
     p = add("demo", "run the demo in the virtual lab (root, Debian; needs a checkout)", _cmd_demo)
     p.add_argument("--dwell-s", type=float, default=8.0, help="shortened failback dwell")
+    p = add(
+        "meter",
+        "show LTE data used this cycle, cap, projection, overage and talk minutes left",
+        _cmd_meter,
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    meter_sub = p.add_subparsers(dest="meter_action", metavar="ACTION")
+    r = meter_sub.add_parser(
+        "reset",
+        help="start this cycle's count from zero (asks first; logged and reported)",
+        description="Start this cycle's LTE count from zero. Asks for confirmation; "
+        "the reason is kept in the event log and reported to the provider.",
+    )
+    r.add_argument("--reason", required=True, help="why (kept in the log and reported)")
+    r.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
+    # SUPPRESS: a sub-command's default must not overwrite what was given before it.
+    r.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print one JSON object for machines")
+    r.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                   help="configuration file (as for `meter`)")
+    _add_fleet(sub)
     return parser
+
+
+def _add_fleet(sub: Any) -> None:
+    """`cpe-agent fleet ...`: the provider's side (docs/fleet.md); its own config file."""
+    from agent.fleet.config import DEFAULT_FLEET_CONFIG, FLEET_CONFIG_ENV
+
+    fleet = sub.add_parser(
+        "fleet",
+        help="the provider's side: live table of sites, failover e-mails",
+        description="The provider's side of the MQTT contract (runs at the provider).",
+    )
+    actions = fleet.add_subparsers(metavar="ACTION")
+    for name, help_text, handler in (
+        ("watch", "live table of sites: state, link, signal, usage, last seen", _cmd_fleet_watch),
+        ("notify", "e-mail customers and support on failover and recovery", _cmd_fleet_notify),
+    ):
+        p = actions.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=Path(os.environ.get(FLEET_CONFIG_ENV, DEFAULT_FLEET_CONFIG)),
+            help=f"fleet configuration (default {DEFAULT_FLEET_CONFIG}, or ${FLEET_CONFIG_ENV})",
+        )
+        p.add_argument("--json", action="store_true", help="print JSON for machines")
+        p.set_defaults(handler=handler)
+        if name == "watch":
+            p.add_argument("--once", action="store_true", help="print the table once and exit")
+            p.add_argument("--wait-s", type=float, default=5.0, help="with --once: wait at most")
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -160,6 +211,71 @@ def _cmd_remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_meter(args: argparse.Namespace) -> int:
+    from agent.clock import Clock
+    from agent.meter import admin, report
+
+    settings = _load(args)
+    now = Clock().wall()
+    if getattr(args, "meter_action", None) == "reset":
+        return _meter_reset(args, settings, now)
+    status = read_status(settings.agent.runtime_dir)
+    live = None
+    if status is not None and now - float(status.get("written_wall_s", 0)) <= STALE_AFTER_S:
+        live = admin.live_view(status)
+    snap, source = (live, "agent") if live is not None else (admin.stored_view(settings, now),
+                                                             "stored")
+    if snap is None:
+        problem = (
+            f"the meter has counted nothing yet (no meter state in {settings.agent.state_dir}); "
+            "start the agent with `cpe-agent run` or `systemctl start cpe-agent`."
+        )
+        return _fail(args, EXIT_NEEDS_HUMAN, [problem])
+    if args.json:
+        print(json.dumps({"ok": True, "source": source, **snap}, sort_keys=True))
+        return EXIT_OK
+    print(report.render(snap))
+    if source == "stored":
+        print("Note      the agent is not running: figures as last written to its state.")
+    return EXIT_OK
+
+
+def _meter_reset(args: argparse.Namespace, settings: Settings, now: float) -> int:
+    from agent.meter import admin
+    from agent.meter.settings import MeterSettings
+
+    path = admin.db_path(settings.agent.state_dir)
+    books = admin.read_books(path)
+    if books is None:
+        problem = f"the meter has counted nothing yet in {path}; there is nothing to reset."
+        return _fail(args, EXIT_NEEDS_HUMAN, [problem])
+    reason = " ".join(args.reason.split())
+    if not reason:
+        return _fail(args, EXIT_CONFIG, ["a reset needs a reason; say why with --reason TEXT."])
+    if not args.yes:
+        if not sys.stdin.isatty():
+            problem = "meter reset asks for confirmation; run it in a terminal or add --yes."
+            return _fail(args, EXIT_CONFIG, [problem])
+        used = books.cycle.totals.ip_bytes if books.cycle is not None else 0
+        answer = input(
+            f"Reset this cycle's LTE count ({used / 1e9:.3f} GB) to zero, reason "
+            f"{reason!r}? This is reported to the provider. [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            return _fail(args, EXIT_CONFIG, ["meter reset cancelled; nothing was changed."])
+    rules = MeterSettings.from_settings(settings).rules
+    doc = admin.reset_books(path, reason, now, rules)
+    event = doc.outbox[-1].data if doc.outbox else {}
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": True, "reset": event}, sort_keys=True))
+    else:
+        print(
+            f"Meter reset ({event.get('ip_bytes_before', 0) / 1e9:.3f} GB before), reason "
+            f"{reason!r}. The agent logs and reports it at its next poll (or next start)."
+        )
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parents[1]
     if not (root / "hil" / "demo.py").exists():
@@ -167,6 +283,67 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return _fail(args, EXIT_CONFIG, [problem])
     command = [sys.executable, "-m", "hil.demo", "--dwell-s", str(args.dwell_s)]
     return subprocess.call(command, cwd=root)
+
+
+
+def _fleet_problem(args: argparse.Namespace, exc: Exception) -> int:
+    from agent.fleet.mailer import MailError
+    from agent.fleet.state import StateError
+    from agent.telemetry.mqtt import TelemetryError
+
+    if isinstance(exc, TelemetryError | StateError | MailError):
+        return _fail(args, EXIT_NEEDS_HUMAN, [str(exc)])
+    if isinstance(exc, OSError):  # ConnectionError and friends: the broker is not there
+        return _fail(args, EXIT_RETRY, [f"{exc}; check that the broker is up and try again."])
+    raise exc
+
+
+def _cmd_fleet_watch(args: argparse.Namespace) -> int:
+    from agent.fleet.config import load_fleet_settings
+    from agent.fleet.watch import watch
+
+    settings = load_fleet_settings(args.config)
+    if not args.once and args.json:
+        return _fail(args, EXIT_CONFIG, ["--json needs --once (a live table is for people)."])
+    try:
+        asyncio.run(watch(settings, once=args.once, as_json=args.json, wait_s=args.wait_s))
+    except Exception as exc:
+        return _fleet_problem(args, exc)
+    return EXIT_OK
+
+
+def _cmd_fleet_notify(args: argparse.Namespace) -> int:
+    from agent.fleet.config import load_fleet_settings, load_sites
+    from agent.fleet.mailer import SmtpMailer
+    from agent.fleet.notifier import Notifier
+    from agent.fleet.state import NotifierState
+
+    settings = load_fleet_settings(args.config)
+    sites = load_sites(settings.notifier.sites_file)
+    logging.basicConfig(
+        level=logging.DEBUG if os.environ.get("CPE_AGENT_DEBUG") else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    async def run() -> None:
+        state = NotifierState(settings.notifier.state_file)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+        try:
+            notifier = Notifier(settings, sites, state, SmtpMailer(settings.smtp).send)
+            await notifier.run(stop)
+        finally:
+            state.close()
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:
+        return _fleet_problem(args, exc)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -163,9 +164,63 @@ class FailoverSection(_Section):
 class PlanSection(_Section):
     #: Decimal GB (10^9 bytes), as carriers bill.
     cap_gb: float = Field(default=2.0, gt=0)
+    #: Cycles start at local midnight on this day; 29-31 mean the month's last day
+    #: where the month is shorter.
     cycle_start_day: int = Field(default=1, ge=1, le=31)
+    #: IANA time zone of the carrier's calendar month (DST is followed).
     timezone: str = "UTC"
+    #: Every extra GB, or part of one, costs this much.
     overage_usd_per_gb: float = Field(default=15.0, ge=0)
+    #: "decimal" (10^9 bytes, as carriers bill) or "binary" (2^30 bytes).
+    gb_unit: Literal["decimal", "binary"] = "decimal"
+    #: Percent of the cap at which an alert is raised (each once per cycle).
+    thresholds_pct: list[float] = Field(
+        default_factory=lambda: [50.0, 75.0, 90.0, 100.0], min_length=1
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                "must be an IANA time zone such as 'America/Chicago'"
+            ) from exc
+        return value
+
+    @field_validator("thresholds_pct")
+    @classmethod
+    def _thresholds(cls, value: list[float]) -> list[float]:
+        if any(not 0 < pct <= 1000 for pct in value):
+            raise ValueError("each threshold must be above 0 and at most 1000 percent")
+        return sorted(set(value))
+
+
+class MeterSection(_Section):
+    """The data meter's own knobs (agent/meter, docs/meter.md)."""
+
+    #: How often the cellular interface's counters are read.
+    poll_interval_s: float = Field(default=5.0, gt=0, le=60)
+    #: Flash wear: the meter writes at most this often (and on every event).
+    persist_interval_s: float = Field(default=60.0, gt=0, le=3600)
+    #: Added to measured bytes before comparing with the cap (the carrier may count more).
+    safety_margin_pct: float = Field(default=1.0, ge=0, le=50)
+    #: Header bytes per packet removed when the counters count Ethernet frames
+    #: (14; 18 with a VLAN tag).
+    frame_overhead_bytes: int = Field(default=14, ge=0, le=64)
+    #: The month-end projection uses the rate over this many recent days.
+    projection_window_days: float = Field(default=7.0, gt=0, le=31)
+    #: At this share of the cap the agent cuts its own telemetry to the minimum.
+    telemetry_minimum_at_pct: float = Field(default=100.0, gt=0)
+    #: Packetisation of calls, for talk minutes left (with [health] codec).
+    ptime_ms: float = Field(default=20.0, ge=5, le=120)
+    #: Primary-use warnings, per cycle: VoIP on LTE while the primary was healthy ...
+    warn_lte_primary_healthy_s: float = Field(default=300.0, ge=0)
+    #: ... LTE bytes while VoIP was on the primary ...
+    warn_idle_bytes: int = Field(default=50_000_000, ge=0)
+    #: ... and VoIP on LTE for more than this share of the cycle.
+    warn_lte_share_pct: float = Field(default=25.0, gt=0, le=100)
 
 
 class MqttSection(_Section):
@@ -229,6 +284,7 @@ class Settings(BaseSettings):
     health: HealthSection = HealthSection()
     failover: FailoverSection = FailoverSection()
     plan: PlanSection = PlanSection()
+    meter: MeterSection = MeterSection()
     mqtt: MqttSection = MqttSection()
 
     @classmethod

@@ -66,6 +66,23 @@ class EventKind(enum.StrEnum):
     AGENT_STARTED = "agent_started"
     TEST_STARTED = "test_started"
     TEST_FINISHED = "test_finished"
+    #: The outbox had to drop stored events (bounded size): how many, which seqs.
+    EVENTS_DROPPED = "events_dropped"
+    #: Remote settings changed (cfg/des or a set_thresholds command): old and new.
+    CONFIG_CHANGED = "config_changed"
+    #: A command from the fleet that changed something (meter reset, test): who and why.
+    COMMAND = "command"
+    #: The data meter (agent/meter): 50/75/90/100 % of the cap reached; an overage GB
+    #: begun; a new billing cycle (with the last one's summary); the meter reset by a
+    #: person (reason); signs that the backup is used as the primary.
+    METER_THRESHOLD = "meter_threshold"
+    METER_OVERAGE = "meter_overage"
+    METER_CYCLE = "meter_cycle"
+    METER_RESET = "meter_reset"
+    METER_PRIMARY_USE = "meter_primary_use"
+    #: A stored row whose kind this version does not know (written by a newer agent);
+    #: the store keeps the original name (`StoredEvent.raw_kind`) and reports it as is.
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)

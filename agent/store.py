@@ -34,6 +34,14 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     published INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    status TEXT NOT NULL,
+    record TEXT NOT NULL,
+    received_wall_s REAL NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -46,6 +54,47 @@ class StoredEvent:
     seq: int
     event: Event
     published: bool
+    #: The kind as stored, when this version does not know it (`event.kind` is UNKNOWN).
+    raw_kind: str | None = None
+
+    @property
+    def kind_name(self) -> str:
+        return self.raw_kind or self.event.kind.value
+
+
+def _stored(seq: int, kind: str, wall: float, data: str, published: int) -> StoredEvent:
+    """One row; a row this version cannot read fully is still returned, never raised.
+
+    A kind written by a newer agent (after a downgrade) or unreadable data must not
+    stall the outbox behind it: the event goes out with its original kind name, or
+    with its data replaced by a note.
+    """
+    raw_kind: str | None = None
+    try:
+        event_kind = EventKind(kind)
+    except ValueError:
+        event_kind, raw_kind = EventKind.UNKNOWN, str(kind)
+    try:
+        body = json.loads(data)
+        if not isinstance(body, dict):
+            body = {"value": body}
+    except (TypeError, ValueError):
+        log.warning("event %s has unreadable data in the state database; sent without it", seq)
+        body = {"unreadable_data": True}
+    return StoredEvent(int(seq), Event(event_kind, float(wall), body), bool(published), raw_kind)
+
+
+@dataclass(frozen=True)
+class StoredCommand:
+    """A command from the fleet, remembered by id (idempotence) with its latest status."""
+
+    id: str
+    name: str | None
+    status: str
+    #: The latest result message (JSON object) as published on cmd/res.
+    record: dict[str, Any]
+    received_wall_s: float
+    reported: bool
 
 
 class Store:
@@ -129,10 +178,7 @@ class Store:
                 "WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [
-            StoredEvent(seq, Event(EventKind(kind), wall, json.loads(data)), bool(pub))
-            for seq, kind, wall, data, pub in rows
-        ]
+        return [_stored(*row) for row in rows]
 
     def recent_events(self, count: int) -> list[StoredEvent]:
         """The newest `count` events, oldest first."""
@@ -142,10 +188,7 @@ class Store:
                 "ORDER BY seq DESC LIMIT ?",
                 (count,),
             ).fetchall()
-        return [
-            StoredEvent(seq, Event(EventKind(kind), wall, json.loads(data)), bool(pub))
-            for seq, kind, wall, data, pub in reversed(rows)
-        ]
+        return [_stored(*row) for row in reversed(rows)]
 
     def unpublished_events(self, limit: int = 100, after_seq: int = 0) -> list[StoredEvent]:
         with self._lock:
@@ -154,10 +197,7 @@ class Store:
                 "WHERE published = 0 AND seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [
-            StoredEvent(seq, Event(EventKind(kind), wall, json.loads(data)), bool(pub))
-            for seq, kind, wall, data, pub in rows
-        ]
+        return [_stored(*row) for row in rows]
 
     def mark_published(self, seq: int) -> None:
         with self._write() as db:
@@ -170,3 +210,126 @@ class Store:
             return
         with self._write() as db:
             db.executemany("UPDATE events SET published = 1 WHERE seq = ?", rows)
+
+    # -- outbox bounds and replay (telemetry.outbox) -------------------------------------
+
+    def event_stats(self) -> dict[str, int]:
+        """Counts for the outbox: rows, unpublished rows, lowest and highest seq (0 if none)."""
+        with self._lock:
+            total, unpublished, low, high = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(published = 0), 0), "
+                "COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM events"
+            ).fetchone()
+        return {"total": total, "unpublished": unpublished, "first_seq": low, "last_seq": high}
+
+    def delete_published_before(self, keep: int) -> int:
+        """Drop the oldest published rows beyond the newest `keep` rows; returns how many."""
+        with self._write() as db:
+            cursor = db.execute(
+                "DELETE FROM events WHERE published = 1 AND seq <= "
+                "(SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (keep,),
+            )
+            return int(cursor.rowcount)
+
+    def drop_unpublished(self, count: int, spare_kinds: Iterable[str] = ()) -> list[int]:
+        """Delete the `count` oldest unpublished rows, those of `spare_kinds` last.
+
+        Returns the seqs deleted (oldest first); the caller records that it happened.
+        """
+        spare = sorted(set(spare_kinds))
+        marks = ",".join("?" * len(spare)) or "''"
+        with self._write() as db:
+            rows = db.execute(
+                f"SELECT seq FROM events WHERE published = 0 ORDER BY kind IN ({marks}), seq "
+                "LIMIT ?",
+                (*spare, count),
+            ).fetchall()
+            seqs = sorted(int(r[0]) for r in rows)
+            db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
+        return seqs
+
+    def mark_unpublished_from(self, from_seq: int, limit: int) -> tuple[int, int, int]:
+        """Queue stored events from `from_seq` on again (at most `limit`): a replay.
+
+        Returns (count, first seq, last seq) of what is queued; (0, 0, 0) if none.
+        """
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT seq FROM events WHERE seq >= ? ORDER BY seq LIMIT ?", (from_seq, limit)
+            ).fetchall()
+            seqs = [int(r[0]) for r in rows]
+            db.executemany("UPDATE events SET published = 0 WHERE seq = ?", [(s,) for s in seqs])
+        return (len(seqs), seqs[0], seqs[-1]) if seqs else (0, 0, 0)
+
+    # -- commands from the fleet (telemetry.commands) -------------------------------------
+
+    def get_command(self, command_id: str) -> StoredCommand | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, name, status, record, received_wall_s, reported FROM commands "
+                "WHERE id = ?",
+                (command_id,),
+            ).fetchone()
+        return _command(row) if row else None
+
+    def put_command(
+        self,
+        command_id: str,
+        name: str | None,
+        status: str,
+        record: dict[str, Any],
+        received_wall_s: float,
+        *,
+        reported: bool = False,
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO commands(id, name, status, record, received_wall_s, reported) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "status = excluded.status, record = excluded.record, "
+                "reported = excluded.reported",
+                (
+                    command_id,
+                    name,
+                    status,
+                    json.dumps(record, sort_keys=True),
+                    received_wall_s,
+                    int(reported),
+                ),
+            )
+
+    def mark_command_reported(self, command_id: str, status: str) -> None:
+        """Reported only if the status is still the one that was sent."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE commands SET reported = 1 WHERE id = ? AND status = ?",
+                (command_id, status),
+            )
+
+    def unreported_commands(self) -> list[StoredCommand]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, name, status, record, received_wall_s, reported FROM commands "
+                "WHERE reported = 0 ORDER BY received_wall_s"
+            ).fetchall()
+        return [_command(row) for row in rows]
+
+    def prune_commands(self, keep: int) -> int:
+        """Forget all but the newest `keep` command ids."""
+        with self._write() as db:
+            cursor = db.execute(
+                "DELETE FROM commands WHERE id NOT IN "
+                "(SELECT id FROM commands ORDER BY received_wall_s DESC LIMIT ?)",
+                (keep,),
+            )
+            return int(cursor.rowcount)
+
+
+def _command(row: Any) -> StoredCommand:
+    cid, name, status, record, received, reported = row
+    try:
+        body = json.loads(record)
+    except ValueError:
+        body = {}
+    return StoredCommand(cid, name, status, body, float(received), bool(reported))

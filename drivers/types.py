@@ -48,6 +48,27 @@ class VoipPolicy:
     voip_mark: int = 0x4350
     #: Priority of the policy-routing rules the agent installs.
     rule_priority: int = 4241
+    #: UDP source port of the agent's own SIP OPTIONS probes for the cellular link when
+    #: the agent runs beside the router (a LAN box): the router steers datagrams from this
+    #: port to the VoIP prefixes out of the cellular link at all times, so the agent can
+    #: test LTE on purpose. None: no such steering (an agent on the router binds instead).
+    cellular_probe_port: int | None = None
+    #: UDP source port of the agent's SIP OPTIONS probes for the primary link when the agent
+    #: runs beside the router: never steered to LTE, not even in failover, so the primary
+    #: is judged by the primary. None: no such exception.
+    primary_probe_port: int | None = None
+
+
+@dataclass(frozen=True)
+class RouterIdentity:
+    """Who the router is, as it says itself; compared across reads (and, by the agent,
+    across restarts) to tell a swap, a factory reset or a hand-made change of identity."""
+
+    serial: str | None
+    model: str | None
+    #: The configured name (/system/identity on RouterOS); a factory reset restores the default.
+    name: str | None
+    os_version: str | None
 
 
 @dataclass(frozen=True)
@@ -61,6 +82,12 @@ class RouterState:
     #: Non-VoIP packets/bytes that tried to leave by the cellular link and were dropped.
     blocked_packets: int = 0
     blocked_bytes: int = 0
+    #: The router's identity, when the driver can read one (None on a Linux router).
+    identity: RouterIdentity | None = None
+    #: One sentence per thing worth an event that re-applying would not undo, each
+    #: reported once: the driver changed configuration that is not its own (it disabled
+    #: the SIP helper), the router's serial or name changed, the router rebooted.
+    notices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,3 +139,144 @@ class ProbeResult:
     #: SIP status code when the method is "sip" and a reply came.
     sip_status: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+
+# -- cellular modems ---------------------------------------------------------------------
+# Every modem driver (AT, Netgear JSON, MikroTik built-in) normalises to these types at its
+# boundary: dBm and dB as numbers, identifiers as strings, and None wherever the device
+# said "unknown" (99, 255, -32768, "-", "--", "FFFF" ...). See docs/modems.md.
+
+
+class AccessTech(enum.StrEnum):
+    """The radio access technology of the serving cell."""
+
+    GSM = "gsm"
+    UMTS = "umts"
+    LTE = "lte"
+    LTE_CAT_M = "lte_cat_m"
+    NB_IOT = "nb_iot"
+    NR5G_NSA = "nr5g_nsa"  # LTE anchor + NR leg (EN-DC); the LTE figures are the anchor's
+    NR5G_SA = "nr5g_sa"
+
+
+class Registration(enum.StrEnum):
+    """Network registration, after 3GPP TS 27.007 <stat> (+CREG/+CGREG/+CEREG/+C5GREG)."""
+
+    HOME = "home"
+    ROAMING = "roaming"
+    SEARCHING = "searching"
+    DENIED = "denied"
+    NOT_REGISTERED = "not_registered"
+    UNKNOWN = "unknown"
+
+    @property
+    def registered(self) -> bool:
+        return self in (Registration.HOME, Registration.ROAMING)
+
+
+class SimState(enum.StrEnum):
+    READY = "ready"
+    PIN_REQUIRED = "pin_required"
+    PUK_REQUIRED = "puk_required"
+    #: Locked by a PIN other than the SIM PIN (PH-SIM, network personalisation ...).
+    LOCKED = "locked"
+    ABSENT = "absent"
+    #: Present but not usable yet (initialising, busy).
+    NOT_READY = "not_ready"
+    #: The card failed (27.007 CME 13 "SIM failure", 15 "SIM wrong").
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class SignalReport:
+    """One normalised look at the modem: radio, registration, cell, SIM. Unknown is None."""
+
+    registration: Registration = Registration.UNKNOWN
+    access_tech: AccessTech | None = None
+    rssi_dbm: int | None = None
+    rsrp_dbm: int | None = None
+    rsrq_db: float | None = None
+    sinr_db: float | None = None
+    #: 3GPP band name: "B66" for E-UTRA, "n71" for NR.
+    band: str | None = None
+    #: Operator name as the network or SIM gives it ("T-Mobile"), not the PLMN code.
+    operator: str | None = None
+    #: Serving network's country and network codes, as strings ("310", "260"; "302", "720").
+    mcc: str | None = None
+    mnc: str | None = None
+    #: LTE/NR tracking area code (or the GSM/UMTS location area code).
+    tac: int | None = None
+    #: E-UTRAN cell identity (28 bits), NR cell identity (36 bits) or UMTS/GSM cell id.
+    cell_id: int | None = None
+    #: eNodeB id: the E-UTRAN cell identity without its 8-bit cell part (LTE only).
+    enb_id: int | None = None
+    pci: int | None = None
+    earfcn: int | None = None
+    #: The NR leg in NR5G-NSA (EN-DC): the main figures above stay the LTE anchor's.
+    nr_rsrp_dbm: int | None = None
+    nr_rsrq_db: float | None = None
+    nr_sinr_db: float | None = None
+    nr_band: str | None = None
+    sim_state: SimState | None = None
+    iccid: str | None = None
+    imei: str | None = None
+    #: False when the radio is off (+CFUN 0 or 4): the modem answers but cannot register.
+    radio_on: bool | None = None
+    #: True when the device says its data session is up (Netgear, MikroTik).
+    connected: bool | None = None
+    #: Which driver made the report ("at/quectel", "netgear", "routeros-lte").
+    source: str = ""
+
+    @property
+    def plmn(self) -> str | None:
+        """MCC+MNC ("310260"), or None when either is unknown."""
+        if self.mcc is None or self.mnc is None:
+            return None
+        return self.mcc + self.mnc
+
+
+@dataclass(frozen=True)
+class ModemIdentity:
+    manufacturer: str | None = None
+    model: str | None = None
+    firmware: str | None = None
+    imei: str | None = None
+    iccid: str | None = None
+
+
+@dataclass(frozen=True)
+class ModemTime:
+    """The modem's idea of the time, from the network (NITZ) or its clock (+CCLK)."""
+
+    utc_s: float
+    #: Local offset from UTC the network announced (seconds east), when known.
+    tz_offset_s: int | None = None
+    #: "nitz" when the network set it, "cclk" when read from the modem's clock.
+    source: str = "cclk"
+
+
+@dataclass(frozen=True)
+class GnssFix:
+    lat_deg: float
+    lon_deg: float
+    #: Horizontal uncertainty, when the receiver gives one (HDOP x 5 m when only HDOP is known).
+    accuracy_m: float | None = None
+    utc_s: float | None = None
+
+
+class ModemEventKind(enum.StrEnum):
+    REGISTRATION = "registration"  # +CREG/+CGREG/+CEREG/+C5GREG unsolicited
+    SIM = "sim"  # SIM inserted/removed/ready
+    REBOOTED = "rebooted"  # the modem announced a (re)start (Quectel "RDY")
+    OTHER = "other"  # any other unsolicited line, kept verbatim
+
+
+@dataclass(frozen=True)
+class ModemEvent:
+    kind: ModemEventKind
+    registration: Registration | None = None
+    sim_state: SimState | None = None
+    tac: int | None = None
+    cell_id: int | None = None
+    #: The unsolicited line as the modem sent it.
+    raw: str = ""

@@ -22,7 +22,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from agent.health.scoring import HealthPolicy, InFlight, LinkAssessment, Sample, assess_link
@@ -149,6 +149,15 @@ class Monitor:
             link.sip_interval_s = sip_interval_s
         link.wake_icmp.set()
         link.wake_sip.set()
+
+    def set_policy(self, role: str, policy: HealthPolicy) -> LinkAssessment:
+        """New thresholds for a link (the fleet's `set thresholds`); re-assess at once."""
+        link = self._link(role)
+        link.spec = replace(link.spec, policy=policy)
+        return self.assess(role)
+
+    def policy(self, role: str) -> HealthPolicy:
+        return self._link(role).spec.policy
 
     def interval_s(self, role: str) -> float:
         return self._link(role).interval_s

@@ -15,23 +15,58 @@ deleted state) restarts `seq` at 1 under a new epoch, which tells the reader to 
 
 No paho here: `telemetry.mqtt` asks what to send next (`take`), reports what the broker
 acknowledged (`acked`) and commits the acknowledgements in one transaction (`commit`).
+
+Bounded size: delivered events are kept (newest `keep_published`) so the fleet can ask
+for a replay, then pruned. Undelivered events are never pruned silently: only past
+`max_unpublished` (weeks of a dead link at any real event rate) are the oldest dropped,
+the routine kinds before failovers, and an `events_dropped` event says how many and
+which seqs, so the gap the reader sees in `seq` is explained.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
+from typing import Any
 
+from agent.domain import Event, EventKind
 from agent.store import Store, StoredEvent
-from agent.telemetry.contract import EPOCH_PATTERN, LATE_AFTER_S, event_message
+from agent.telemetry.contract import EPOCH_PATTERN, LATE_AFTER_S, MAX_REPLAY, event_message
+
+log = logging.getLogger(__name__)
 
 EPOCH_KEY = "telemetry.epoch"
+DROPPED_KEY = "telemetry.events_dropped"
+MAX_UNPUBLISHED = 20_000
+KEEP_PUBLISHED = 2_000
+#: Dropped last when the outbox overflows: what a person must hear about.
+SPARED_KINDS = frozenset(
+    {
+        EventKind.FAILOVER,
+        EventKind.FAILBACK,
+        EventKind.BOTH_DOWN,
+        EventKind.EVENTS_DROPPED,
+        EventKind.TEST_FINISHED,
+        EventKind.COMMAND,
+        EventKind.CONFIG_CHANGED,
+    }
+)
 
 
 class Outbox:
-    def __init__(self, store: Store, *, late_after_s: float = LATE_AFTER_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        late_after_s: float = LATE_AFTER_S,
+        max_unpublished: int = MAX_UNPUBLISHED,
+        keep_published: int = KEEP_PUBLISHED,
+    ) -> None:
         self.store = store
         self.late_after_s = late_after_s
+        self.max_unpublished = max_unpublished
+        self.keep_published = keep_published
         self.epoch = self._load_epoch()
         #: Highest seq handed out in this session; the next `take` starts after it.
         self._cursor = 0
@@ -95,15 +130,89 @@ class Outbox:
     def oldest_inflight_age_s(self, now_s: float) -> float | None:
         return now_s - min(self._inflight.values()) if self._inflight else None
 
+    # -- bounds and replay ----------------------------------------------------------------
+
+    @property
+    def events_dropped(self) -> int:
+        """Events dropped for space since this database was made (reported in `tele`)."""
+        value = self.store.get(DROPPED_KEY)
+        return int(value) if isinstance(value, int) else 0
+
+    def backlog(self) -> int:
+        return self.store.event_stats()["unpublished"]
+
+    def enforce_bounds(self, now_wall_s: float) -> int:
+        """Prune delivered events beyond `keep_published`; past `max_unpublished`, drop the
+        oldest undelivered ones and record that in an `events_dropped` event.
+
+        Returns how many undelivered events were dropped. Raises StoreError.
+        """
+        self.store.delete_published_before(self.keep_published)
+        excess = self.store.event_stats()["unpublished"] - self.max_unpublished
+        if excess <= 0:
+            return 0
+        # One more than the excess: room for the event that records the drop.
+        seqs = self.store.drop_unpublished(excess + 1, spare_kinds=SPARED_KINDS)
+        if not seqs:
+            return 0
+        total = self.events_dropped + len(seqs)
+        self.store.put(DROPPED_KEY, total)
+        log.error(
+            "the event outbox is full (%d undelivered); dropped the %d oldest (seq %d-%d)",
+            self.max_unpublished,
+            len(seqs),
+            seqs[0],
+            seqs[-1],
+        )
+        self.store.append_event(
+            Event(
+                EventKind.EVENTS_DROPPED,
+                now_wall_s,
+                {
+                    "count": len(seqs),
+                    "first_seq": seqs[0],
+                    "last_seq": seqs[-1],
+                    "total": total,
+                    "reason": "outbox full",
+                },
+            )
+        )
+        return len(seqs)
+
+    def replay(self, from_seq: int) -> dict[str, Any]:
+        """Send stored events from `from_seq` on again (same epoch and seq), in order.
+
+        At most MAX_REPLAY per call; what was pruned is gone and the result says from
+        which seq the store still holds events.
+        """
+        oldest = self.store.event_stats()["first_seq"]
+        count, first, last = self.store.mark_unpublished_from(from_seq, MAX_REPLAY)
+        if count:
+            self._cursor = min(self._cursor, first - 1)
+        return {
+            "queued": count,
+            "first_seq": first or None,
+            "last_seq": last or None,
+            "oldest_kept_seq": oldest or None,
+            "epoch": self.epoch,
+        }
+
     # -- the wire ----------------------------------------------------------------------
 
     def payload(self, stored: StoredEvent, now_wall_s: float) -> bytes:
-        return event_message(
-            epoch=self.epoch,
-            seq=stored.seq,
-            kind=stored.event.kind.value,
-            wall_time_s=stored.event.wall_time_s,
-            data=stored.event.data,
-            now_wall_s=now_wall_s,
-            late_after_s=self.late_after_s,
-        ).to_json()
+        """The wire form; a row that does not fit the contract goes as kind `unknown`."""
+        fields: dict[str, Any] = {
+            "epoch": self.epoch,
+            "seq": stored.seq,
+            "kind": stored.kind_name,
+            "wall_time_s": stored.event.wall_time_s,
+            "data": stored.event.data,
+            "now_wall_s": now_wall_s,
+            "late_after_s": self.late_after_s,
+        }
+        try:
+            return event_message(**fields).to_json()
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            log.warning("event %d does not fit the contract; sent as kind 'unknown'", stored.seq)
+            data = {"original_kind": str(stored.kind_name)[:40], **stored.event.data}
+            return event_message(**{**fields, "kind": "unknown", "data": data}).to_json()

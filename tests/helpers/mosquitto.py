@@ -9,7 +9,16 @@ messages for a subscriber surviving one). The packaged mosquitto service is
 never touched. Everything it starts or writes is gone after `close()`.
 
 `TcpRelay` stands between a client and the broker, to cut or hold one client's path
-while others stay connected (the site's link is down, the broker is not).
+while others stay connected (the site's link is down, the broker is not); it counts
+the bytes it carries each way (TCP payload: TLS records and all), and with
+`mqtt5=False` it plays a broker that knows only MQTT 3.1.1 (it answers an MQTT 5
+CONNECT with "unacceptable protocol version", as the 3.1.1 spec says, and closes).
+
+For access control: `Mosquitto(..., tls=True, acl=ACL_TEXT, plain=False)` takes the
+client's identity from its certificate (`use_identity_as_username`) and forces the
+client id to be that name (`use_username_as_clientid`), so `%c` and `%u` in the ACL's
+pattern lines cannot be spoofed; `issue_client_cert(broker.tls_files, "site-a")`
+makes one certificate per identity.
 
 To use the fixture from another test module: `from tests.helpers.mosquitto import
 mosquitto` and take `mosquitto` as an argument (ruff knows the pattern), or import
@@ -21,16 +30,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import json
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
@@ -46,6 +61,7 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class TlsFiles:
+    directory: Path
     ca_file: Path
     server_cert: Path
     server_key: Path
@@ -74,12 +90,53 @@ def make_tls_files(directory: Path, client_cn: str = "test-device") -> TlsFiles:
                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "2",
                 "-extfile", f"{name}.ext")  # fmt: skip
     return TlsFiles(
+        directory=directory,
         ca_file=directory / "ca.crt",
         server_cert=directory / "server.crt",
         server_key=directory / "server.key",
         client_cert=directory / "client.crt",
         client_key=directory / "client.key",
     )
+
+
+def issue_client_cert(tls: TlsFiles, cn: str) -> tuple[Path, Path]:
+    """A client certificate and key for identity `cn`, signed by the test CA."""
+    directory = tls.directory
+
+    def openssl(*args: str) -> None:
+        subprocess.run([OPENSSL, *args], check=True, capture_output=True, cwd=directory)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-new", *ec, "-keyout", f"{cn}.key", "-out", f"{cn}.csr", "-subj", f"/CN={cn}")
+    openssl("x509", "-req", "-in", f"{cn}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{cn}.crt", "-days", "2",
+            "-extfile", "client.ext")  # fmt: skip
+    return directory / f"{cn}.crt", directory / f"{cn}.key"
+
+
+#: The ACL the project recommends (docs/mqtt.md): each device only under its own id,
+#: and only in the direction the contract says; the fleet's identities by name.
+DEVICE_ACL = """\
+# devices: identity = certificate CN = client id (use_username_as_clientid)
+pattern write cpe/v1/%c/state
+pattern write cpe/v1/%c/evt
+pattern write cpe/v1/%c/tele
+pattern write cpe/v1/%c/cfg/rep
+pattern write cpe/v1/%c/cmd/res
+pattern read cpe/v1/%c/cfg/des
+pattern read cpe/v1/%c/cmd/req
+
+user fleet-notifier
+topic read cpe/v1/+/evt
+topic read cpe/v1/+/tele
+topic read cpe/v1/+/state
+
+user fleet-console
+topic read cpe/v1/#
+topic write cpe/v1/+/cmd/req
+topic write cpe/v1/+/cfg/des
+topic readwrite fleet/v1/sync/#
+"""
 
 
 class Mosquitto:
@@ -94,10 +151,16 @@ class Mosquitto:
         tls: bool = False,
         require_client_cert: bool = True,
         persistence: bool = False,
+        acl: str | None = None,
+        plain: bool = True,
+        anonymous: bool = True,
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.persistence = persistence
+        self.acl = acl
+        self.plain = plain
+        self.anonymous = anonymous
         self.port = free_port()
         self.tls_files = make_tls_files(workdir / "tls") if tls else None
         self.tls_port = free_port() if tls else None
@@ -111,7 +174,7 @@ class Mosquitto:
         lines = [
             f"user {getpass.getuser()}",
             "per_listener_settings false",
-            "allow_anonymous true",
+            f"allow_anonymous {'true' if self.anonymous else 'false'}",
             "log_dest stderr",
             "log_type error",
             "log_type warning",
@@ -120,9 +183,14 @@ class Mosquitto:
             "connection_messages true",
             f"persistence {'true' if self.persistence else 'false'}",
         ]
+        if self.acl is not None:
+            acl_path = self.workdir / "acl"
+            acl_path.write_text(self.acl)
+            lines += [f"acl_file {acl_path}"]
         if self.persistence:
             lines += [f"persistence_location {self.workdir}/", "autosave_interval 0"]
-        lines += [f"listener {self.port} {self.host}"]
+        if self.plain:
+            lines += [f"listener {self.port} {self.host}"]
         if self.tls_files is not None:
             lines += [
                 f"listener {self.tls_port} {self.host}",
@@ -131,6 +199,8 @@ class Mosquitto:
                 f"keyfile {self.tls_files.server_key}",
                 f"require_certificate {'true' if self.require_client_cert else 'false'}",
             ]
+            if self.acl is not None:
+                lines += ["use_identity_as_username true", "use_username_as_clientid true"]
         return "\n".join(lines) + "\n"
 
     def start(self) -> None:
@@ -144,7 +214,7 @@ class Mosquitto:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        ports = [p for p in (self.port, self.tls_port) if p is not None]
+        ports = [p for p in (self.port if self.plain else None, self.tls_port) if p is not None]
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all(self._accepting(p) for p in ports):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -220,10 +290,17 @@ class TcpRelay:
     and `cut()` also drops the connections it carries; `release()` listens again.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, mqtt5: bool = True) -> None:
         self.target = (target_host, target_port)
         self.host = "127.0.0.1"
         self.port = free_port()
+        self.mqtt5 = mqtt5
+        #: TCP payload carried, client -> broker and broker -> client; connections made.
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.connections = 0
+        #: MQTT protocol levels seen in CONNECT packets (plain MQTT only).
+        self.protocol_levels: list[int] = []
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -252,15 +329,35 @@ class TcpRelay:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        first = b""
+        if not self.mqtt5:
+            # CONNECT: fixed header, remaining length, "\x00\x04MQTT", protocol level.
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                first = await reader.readexactly(2)
+                while first[-1] & 0x80:
+                    first += await reader.readexactly(1)
+                first += await reader.readexactly(7)
+            level = first[-1] if len(first) >= 9 else 0
+            self.protocol_levels.append(level)
+            if level == 5:
+                writer.write(bytes([0x20, 0x02, 0x00, 0x01]))  # 3.1.1: unacceptable version
+                with contextlib.suppress(OSError):
+                    await writer.drain()
+                writer.close()
+                return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
             return
         self._writers |= {writer, up_writer}
+        if first:
+            up_writer.write(first)
+            self.bytes_up += len(first)
         pipes = [
-            asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
+            asyncio.create_task(self._pipe(reader, up_writer, "up")),
+            asyncio.create_task(self._pipe(up_reader, writer, "down")),
         ]
         self._tasks.update(pipes)
         await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -271,9 +368,120 @@ class TcpRelay:
             pipe.cancel()
             self._tasks.discard(pipe)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
+                if direction == "up":
+                    self.bytes_up += len(data)
+                else:
+                    self.bytes_down += len(data)
                 writer.write(data)
                 await writer.drain()
+
+
+# -- MQTT peers for tests: the fleet side, or an intruder ---------------------------------
+
+
+async def until(check: Callable[[], Any], what: str, timeout_s: float = 5.0) -> Any:
+    """Poll `check` until it is truthy (returned), or fail after `timeout_s` saying `what`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    raw: bytes
+    retain: bool
+
+    @property
+    def body(self) -> Any:
+        return json.loads(self.raw) if self.raw else None
+
+
+class Peer:
+    """A paho MQTT 5 client in its own thread that records what it receives.
+
+    With `cert` it connects to the broker's TLS listener with that client certificate
+    (its identity under an ACL); else to the plain listener.
+    """
+
+    def __init__(
+        self,
+        broker: Mosquitto,
+        topics: list[str],
+        *,
+        cert: tuple[Path, Path] | None = None,
+        client_id: str | None = None,
+        wait_subscribed: bool = True,
+    ) -> None:
+        self.messages: list[Message] = []
+        self.refused_subscriptions: list[str] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"peer-{uuid.uuid4().hex[:8]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.reconnect_delay_set(1, 1)
+        port = broker.port
+        if cert is not None:
+            assert broker.tls_files is not None and broker.tls_port is not None
+            self.client.tls_set(str(broker.tls_files.ca_file), str(cert[0]), str(cert[1]))
+            port = broker.tls_port
+
+        def on_connect(client: paho.Client, *_: Any) -> None:
+            if topics:
+                client.subscribe([(t, 1) for t in topics])
+            else:
+                self._subscribed.set()
+
+        def on_subscribe(_c: Any, _u: Any, _mid: Any, codes: Any, _p: Any) -> None:
+            self.refused_subscriptions += [str(c) for c in codes if c.is_failure]
+            self._subscribed.set()
+
+        def on_message(_client: Any, _userdata: Any, message: paho.MQTTMessage) -> None:
+            with self._lock:
+                self.messages.append(Message(message.topic, message.payload, message.retain))
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = on_subscribe
+        self.client.on_message = on_message
+        self.client.connect(broker.host, port, keepalive=10)
+        self.client.loop_start()
+        if wait_subscribed:
+            assert self._subscribed.wait(5), "the test peer could not subscribe"
+
+    def on(self, name: str) -> list[Message]:
+        with self._lock:
+            return [m for m in self.messages if m.topic == name]
+
+    def all(self) -> list[Message]:
+        with self._lock:
+            return list(self.messages)
+
+    def publish(self, topic: str, payload: bytes | str, *, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@contextlib.contextmanager
+def peer(broker: Mosquitto, topics: list[str], **kwargs: Any) -> Iterator[Peer]:
+    p = Peer(broker, topics, **kwargs)
+    try:
+        yield p
+    finally:
+        p.close()

@@ -1,0 +1,1 @@
+"""Descriptions of real benches; their tests run only when an operator names a rig."""
