@@ -29,13 +29,14 @@ from agent.telemetry.commands import AgentHooks, CommandHandler
 from agent.telemetry.mqtt import TelemetryClient, TelemetryError
 from drivers import registry
 from drivers.errors import DriverError
-from drivers.router.base import RouterDriver
-from drivers.types import VoipPolicy
+from drivers.router.base import RouterDriver, RouterPinger
+from drivers.types import RouterState, VoipPolicy
 
 log = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S = 0.5
 STATUS_EVERY_S = 1.0
+ROUTER_IDENTITY_KEY = "router.identity"
 #: Read the router back (drift, tampering, blocked counters) this often.
 ROUTER_CHECK_EVERY_S = 5.0
 CALLS_POLL_EVERY_S = 2.0
@@ -81,7 +82,18 @@ def build_policy(settings: Settings) -> VoipPolicy:
         rtp_port_max=voip.rtp_port_max,
         match_dscp_ef=voip.match_dscp_ef,
         agent_prefixes=agent_prefixes,
+        **_probe_ports(settings),
     )
+
+
+def _probe_ports(settings: Settings) -> dict[str, int]:
+    """RouterOS steers the agent's SIP probes by source port; a Linux router binds them."""
+    if settings.router.driver != "routeros":
+        return {}
+    return {
+        "primary_probe_port": settings.router.primary_probe_port,
+        "cellular_probe_port": settings.router.cellular_probe_port,
+    }
 
 
 def fsm_config(settings: Settings) -> FsmConfig:
@@ -205,11 +217,13 @@ class Agent:
             ("primary", self.settings.links.primary),
             ("cellular", self.settings.links.cellular),
         ):
+            if isinstance(self.router, RouterPinger):
+                break  # the router's addresses are not ours to bind: the router pings
             status = await self.router.link_status(link.interface)
             # LinkStatus gives CIDR ('198.51.100.2/30'); probes bind to the bare address.
             sources[role] = status.addresses[0].split("/")[0] if status.addresses else None
         self.monitor = health_wiring.build_monitor(
-            self.settings, self.clock, self._on_assessment, sources
+            self.settings, self.clock, self._on_assessment, sources, self.router
         )
         await self.controller.resume()
         self.store.append_event(
@@ -410,10 +424,33 @@ class Agent:
         async with self.controller.lock:  # never mistake a switch in progress for drift
             await self._check_drift_locked()
 
+    def _report_identity_and_notices(self, state: RouterState) -> None:
+        """Notices are events as they are (re-applying would not undo them); a changed
+        serial number, also across agent restarts, is tampering or a swap."""
+        for notice in state.notices:
+            self.store.append_event(
+                Event(EventKind.ROUTER_NOTICE, self.clock.wall(), {"notice": notice})
+            )
+        if state.identity is None or not state.identity.serial:
+            return
+        known = self.store.get(ROUTER_IDENTITY_KEY)
+        current = {"serial": state.identity.serial, "model": state.identity.model}
+        if known is not None and known.get("serial") != current["serial"]:
+            self.store.append_event(
+                Event(
+                    EventKind.ROUTER_TAMPER,
+                    self.clock.wall(),
+                    {"was": known, "now": current, "reapplied": True},
+                )
+            )
+        if known != current:
+            self.store.put(ROUTER_IDENTITY_KEY, current)
+
     async def _check_drift_locked(self) -> None:
         state = await self.router.read_state()
         if self.meter is not None:
             self.meter.note_router_state(state)  # blocked non-VoIP bytes on LTE
+        self._report_identity_and_notices(state)
         expected_path = self.controller.state.path
         drift = list(state.drift)
         if state.voip_path is not expected_path:

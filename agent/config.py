@@ -83,6 +83,11 @@ class RouterSection(_Section):
     tls_ca_file: Path | None = None
     tls_verify: bool = True
     timeout_s: float = Field(default=10.0, gt=0)
+    #: RouterOS only: the agent's SIP probes leave from these source ports, and the
+    #: router steers each port to its link (so LTE can be probed on purpose, and the
+    #: primary's probes never ride LTE in failover).
+    primary_probe_port: int = Field(default=5098, ge=1024, le=65535)
+    cellular_probe_port: int = Field(default=5099, ge=1024, le=65535)
 
     @model_validator(mode="after")
     def _routeros_needs_host(self) -> RouterSection:

@@ -63,6 +63,10 @@ class EventKind(enum.StrEnum):
     BOTH_DOWN = "both_down"
     ROUTER_DRIFT = "router_drift"
     ROUTER_ERROR = "router_error"
+    #: Something re-applying would not undo: the SIP helper disabled, a reboot, a rename.
+    ROUTER_NOTICE = "router_notice"
+    #: The router's serial number changed: swapped or factory-reset equipment.
+    ROUTER_TAMPER = "router_tamper"
     AGENT_STARTED = "agent_started"
     TEST_STARTED = "test_started"
     TEST_FINISHED = "test_finished"

@@ -94,13 +94,16 @@ def parse_icmp(data: bytes, *, has_ip_header: bool) -> IcmpMessage | None:
     return None
 
 
-def bind_to_link(sock: socket.socket, source_address: str | None, device: str | None) -> None:
-    """Non-blocking, on the link's device, from the link's address (each when given)."""
+def bind_to_link(
+    sock: socket.socket, source_address: str | None, device: str | None, port: int = 0
+) -> None:
+    """Non-blocking, on the link's device, from the link's address and port (each when
+    given). A fixed port is how a MikroTik steers the agent's probes to one link."""
     sock.setblocking(False)
     if device:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode() + b"\0")
-    if source_address:
-        sock.bind((source_address, 0))
+    if source_address or port:
+        sock.bind((source_address or "0.0.0.0", port))
 
 
 def _open_icmp_socket(kind: str, source_address: str | None, device: str | None) -> socket.socket:

@@ -77,8 +77,10 @@ class SipOptionsProber:
         timeout_s: float = 4.0,
         t1_s: float = SIP_T1_S,
         token: Callable[[int], str] = secrets.token_hex,
+        local_port: int = 0,
     ) -> None:
         self._monotonic = monotonic
+        self._fixed_port = local_port
         self._source_address = source_address
         self._device = device
         self._timeout_s = timeout_s
@@ -93,7 +95,7 @@ class SipOptionsProber:
             return self._transport
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            bind_to_link(sock, self._source_address or "0.0.0.0", self._device)
+            bind_to_link(sock, self._source_address or "0.0.0.0", self._device, self._fixed_port)
             transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
                 lambda: _SipProtocol(self._on_datagram), sock=sock
             )

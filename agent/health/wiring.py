@@ -14,6 +14,9 @@ from agent.config import Settings
 from agent.health.monitor import LinkSpec, Monitor
 from agent.health.probes import IcmpProber, SipOptionsProber
 from agent.health.scoring import HealthPolicy, LinkAssessment, cellular_better_for_voice
+from drivers.errors import DriverError
+from drivers.router.base import RouterPinger
+from drivers.types import ProbeResult, VoipPath
 
 
 def health_policy(settings: Settings) -> HealthPolicy:
@@ -31,11 +34,33 @@ def health_policy(settings: Settings) -> HealthPolicy:
     )
 
 
+class RouterPingProber:
+    """ICMP run by the router itself, for an agent that is not on the router: the
+    router's `/ping` by the link's routing table stands in for a socket bound to it."""
+
+    def __init__(self, router: RouterPinger, via: VoipPath) -> None:
+        self.router = router
+        self.via = via
+
+    async def probe(self, target: str, timeout_s: float | None = None) -> ProbeResult:
+        try:
+            results = await self.router.ping(target, self.via, 1)
+        except DriverError as exc:
+            return ProbeResult(target, "icmp", False, detail=f"router ping failed: {exc}")
+        if not results:
+            return ProbeResult(target, "icmp", False, detail="the router returned no reply")
+        return results[0]
+
+    def close(self) -> None:
+        """Nothing to close: the router driver owns the session."""
+
+
 def build_monitor(
     settings: Settings,
     clock: Clock,
     on_assessment: Callable[[str, LinkAssessment], None],
     source_addresses: dict[str, str | None],
+    router: object | None = None,
 ) -> Monitor:
     """One LinkSpec per role; each link's probes bound to its device and source address.
 
@@ -57,13 +82,24 @@ def build_monitor(
             h.cellular_idle_sip_interval_s,
         ),
     ):
-        source = str(link.source_address) if link.source_address else source_addresses.get(role)
-        icmp = IcmpProber(monotonic=clock.monotonic, source_address=source, device=link.interface)
-        sip = SipOptionsProber(
-            monotonic=clock.monotonic,
-            source_address=source,
-            device=link.interface,
-        )
+        icmp: Any
+        if isinstance(router, RouterPinger):
+            # The agent is beside the router: the router pings, and the router steers the
+            # agent's SIP probes to a link by their source port.
+            via = VoipPath.PRIMARY if role == "primary" else VoipPath.CELLULAR
+            icmp = RouterPingProber(router, via)
+            port = settings.router.primary_probe_port
+            if role == "cellular":
+                port = settings.router.cellular_probe_port
+            sip = SipOptionsProber(monotonic=clock.monotonic, local_port=port)
+        else:
+            source = str(link.source_address) if link.source_address else source_addresses.get(role)
+            icmp = IcmpProber(
+                monotonic=clock.monotonic, source_address=source, device=link.interface
+            )
+            sip = SipOptionsProber(
+                monotonic=clock.monotonic, source_address=source, device=link.interface
+            )
         links[role] = LinkSpec(
             icmp_prober=icmp,
             icmp_targets=targets,

@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from drivers.types import Counters, LinkEvent, LinkStatus, RouterState, VoipPath, VoipPolicy
+from drivers.types import (
+    Counters,
+    LinkEvent,
+    LinkStatus,
+    ProbeResult,
+    RouterState,
+    VoipPath,
+    VoipPolicy,
+)
 
 
 @runtime_checkable
@@ -52,3 +60,11 @@ class RouterDriver(Protocol):
     def watch_carrier(self) -> AsyncIterator[LinkEvent]:
         """Carrier changes as they happen (the fast path: no probe needed)."""
         ...
+
+
+@runtime_checkable
+class RouterPinger(Protocol):
+    """A router that runs ICMP probes itself, by link (RouterOS `/ping` with a routing
+    table): what an agent that is not on the router uses to measure each link."""
+
+    async def ping(self, target: str, via: VoipPath, count: int = 3) -> list[ProbeResult]: ...
