@@ -12,25 +12,30 @@ import contextlib
 import ipaddress
 import logging
 import signal
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from agent import sdnotify
 from agent.clock import Clock
-from agent.config import Settings, read_secret
+from agent.config import ConfigError, Settings, read_secret
+from agent.coverage import Coverage
+from agent.coverage import grade as coverage_grade
 from agent.domain import Event, EventKind, LinkRole, Mode, Verdict
 from agent.failover.controller import FailoverController
 from agent.failover.fsm import FsmConfig, Observation
 from agent.health import wiring as health_wiring
 from agent.meter.meter import Meter
+from agent.modem import figures as modem_figures
+from agent.modem.watch import ModemWatch
 from agent.status import clear_status, write_status
 from agent.store import Store
 from agent.telemetry.commands import AgentHooks, CommandHandler
 from agent.telemetry.mqtt import TelemetryClient, TelemetryError
 from drivers import registry
 from drivers.errors import DriverError
+from drivers.modem.base import ModemDriver
 from drivers.router.base import RouterDriver, RouterPinger
-from drivers.types import RouterState, VoipPolicy
+from drivers.types import RouterState, SignalReport, VoipPolicy
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,40 @@ def build_router(settings: Settings) -> RouterDriver:
     driver_class = registry.load_router_driver(router_cfg.driver)
     driver: RouterDriver = driver_class(**options)
     return driver
+
+
+def build_modem(settings: Settings) -> ModemDriver | None:
+    """The LTE modem's driver, or None when the config names none."""
+    modem = settings.modem
+    if modem.driver == "none":
+        return None
+    driver_class = registry.load_modem_driver(modem.driver)
+    if modem.driver == "at":
+        driver: ModemDriver = driver_class(
+            modem.port, vendor=modem.vendor, timeout_s=modem.timeout_s
+        )
+    else:
+        password = read_secret(modem.password, modem.password_file) or ""
+        driver = driver_class(modem.host, password, timeout_s=modem.timeout_s)
+    return driver
+
+
+async def read_modem_once(settings: Settings) -> dict[str, Any]:
+    """Open the modem, read its identity and one report, grade it, close (the CLI)."""
+    driver = build_modem(settings)
+    if driver is None:
+        raise ConfigError(["[modem] driver is 'none': there is no modem to read."])
+    await driver.open()
+    try:
+        identity = await driver.identity()
+        report = await driver.read_report()
+    finally:
+        await driver.close()
+    figures = modem_figures.report_figures(report, coverage_grade(report))
+    figures["identity"] = {
+        k: str(v) if v is not None else None for k, v in asdict(identity).items()
+    }
+    return figures
 
 
 def build_policy(settings: Settings) -> VoipPolicy:
@@ -139,6 +178,7 @@ async def run_agent(
     await router.open()
     try:
         agent = Agent(settings, router, store, clock, telemetry)
+        agent.modem = build_modem(settings)
         meter = Meter(
             router, store, clock, settings, on_telemetry_minimum=agent.set_telemetry_minimum
         )
@@ -193,6 +233,10 @@ class Agent:
         self.meter: Meter | None = None
         #: At the plan's cap the agent's own reporting drops to the minimum (voice never stops).
         self.telemetry_minimum = False
+        #: The LTE modem's driver (None: not configured) and its latest graded report.
+        self.modem: ModemDriver | None = None
+        self.modem_figures: dict[str, Any] | None = None
+        self.signal: dict[str, Any] | None = None
         self.router = router
         self.store = store
         self.clock = clock
@@ -270,6 +314,26 @@ class Agent:
         log.info("health thresholds changed by the fleet: %s", changes)
         return self.current_thresholds()
 
+    # --- the modem ---------------------------------------------------------------------
+
+    async def _calls_on_lte(self) -> bool:
+        """Never reset the modem under a call on LTE (unless it is truly dead: the watch)."""
+        if not self.controller.state.mode.voip_on_cellular:
+            return False
+        return await self.router.active_calls() > 0
+
+    def _modem_event(self, kind: str, data: dict[str, Any]) -> None:
+        try:
+            event_kind = EventKind(kind)
+        except ValueError:
+            event_kind = EventKind.MODEM_NEEDS_ATTENTION
+            data = {**data, "kind": kind}
+        self.store.append_event(Event(event_kind, self.clock.wall(), data))
+
+    def _on_modem_report(self, report: SignalReport, coverage: Coverage) -> None:
+        self.modem_figures = modem_figures.report_figures(report, coverage)
+        self.signal = modem_figures.signal_telemetry(report, coverage)
+
     def set_telemetry_minimum(self, minimum: bool) -> None:
         if minimum != self.telemetry_minimum:
             log.warning(
@@ -299,6 +363,16 @@ class Agent:
         ]
         if self.meter is not None:
             tasks.append(asyncio.create_task(self.meter.run(), name="meter"))
+        if self.modem is not None:
+            watch = ModemWatch(
+                self.modem,
+                self.clock,
+                self._calls_on_lte,
+                emit=self._modem_event,
+                on_report=self._on_modem_report,
+                poll_s=self.settings.modem.poll_s,
+            )
+            tasks.append(asyncio.create_task(watch.run(), name="modem"))
         stop_task = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in [*tasks, stop_task]:
@@ -492,6 +566,8 @@ class Agent:
             "mode": self.controller.state.mode.value,
             "links": self.status()["links"],
         }
+        if self.signal is not None:
+            payload["signal"] = self.signal
         if self.meter is not None:
             payload["usage"] = self.meter.telemetry()
         return payload
@@ -537,6 +613,7 @@ class Agent:
             "router": router,
             "recent_events": recent,
             "meter": self.meter.snapshot() if self.meter is not None else None,
+            "modem": self.modem_figures,
             "written_wall_s": self.clock.wall(),
         }
 

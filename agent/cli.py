@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object for machines")
     p = add("remove", "remove everything the agent installed on the router", _cmd_remove)
     p.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    p = add("modem", "show the LTE modem: signal, coverage grade, registration, SIM", _cmd_modem)
+    p.add_argument("--json", action="store_true", help="print one JSON object for machines")
     p = add("demo", "run the demo in the virtual lab (root, Debian; needs a checkout)", _cmd_demo)
     p.add_argument("--dwell-s", type=float, default=8.0, help="shortened failback dwell")
     p = add(
@@ -116,10 +118,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--reason", required=True, help="why (kept in the log and reported)")
     r.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     # SUPPRESS: a sub-command's default must not overwrite what was given before it.
-    r.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                   help="print one JSON object for machines")
-    r.add_argument("--config", type=Path, default=argparse.SUPPRESS,
-                   help="configuration file (as for `meter`)")
+    r.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print one JSON object for machines",
+    )
+    r.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help="configuration file (as for `meter`)"
+    )
     _add_fleet(sub)
     return parser
 
@@ -199,6 +206,45 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Modem fields a person reads first, in this order.
+MODEM_LINES = (
+    ("coverage", "Coverage"),
+    ("registration", "Registration"),
+    ("operator", "Operator"),
+    ("access_tech", "Technology"),
+    ("rsrp_dbm", "RSRP dBm"),
+    ("rsrq_db", "RSRQ dB"),
+    ("sinr_db", "SINR dB"),
+    ("rssi_dbm", "RSSI dBm"),
+    ("band", "Band"),
+    ("tac", "TAC"),
+    ("cell_id", "Cell"),
+    ("sim_state", "SIM"),
+)
+
+
+def _cmd_modem(args: argparse.Namespace) -> int:
+    """From the running agent when there is one (it owns the port); else read it once."""
+    settings = _load(args)
+    status = read_status(settings.agent.runtime_dir)
+    fresh = status is not None and time.time() - float(status.get("written_wall_s", 0)) <= (
+        STALE_AFTER_S
+    )
+    if fresh and status is not None and status.get("modem"):
+        figures = dict(status["modem"])
+    else:
+        from agent.app import read_modem_once
+
+        figures = asyncio.run(read_modem_once(settings))
+    if args.json:
+        print(json.dumps({"ok": True, **figures}, default=str, sort_keys=True))
+        return EXIT_OK
+    for key, label in MODEM_LINES:
+        value = figures.get(key)
+        print(f"{label:<13} {'unknown' if value is None else value}")
+    return EXIT_OK
+
+
 def _cmd_remove(args: argparse.Namespace) -> int:
     from agent.app import remove_router_config
 
@@ -223,8 +269,9 @@ def _cmd_meter(args: argparse.Namespace) -> int:
     live = None
     if status is not None and now - float(status.get("written_wall_s", 0)) <= STALE_AFTER_S:
         live = admin.live_view(status)
-    snap, source = (live, "agent") if live is not None else (admin.stored_view(settings, now),
-                                                             "stored")
+    snap, source = (
+        (live, "agent") if live is not None else (admin.stored_view(settings, now), "stored")
+    )
     if snap is None:
         problem = (
             f"the meter has counted nothing yet (no meter state in {settings.agent.state_dir}); "
@@ -283,7 +330,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return _fail(args, EXIT_CONFIG, [problem])
     command = [sys.executable, "-m", "hil.demo", "--dwell-s", str(args.dwell_s)]
     return subprocess.call(command, cwd=root)
-
 
 
 def _fleet_problem(args: argparse.Namespace, exc: Exception) -> int:

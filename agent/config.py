@@ -272,6 +272,31 @@ class MqttSection(_Section):
         return self
 
 
+class ModemSection(_Section):
+    """The LTE modem the agent watches (signal, SIM, registration; hang recovery)."""
+
+    #: "none", "at" (USB/serial modem), "netgear" (the Ethernet modem's JSON API).
+    driver: Literal["none", "at", "netgear"] = "none"
+    #: AT: a device path, a /dev/serial/by-id/... link (best), or a socket:// URL.
+    port: str | None = None
+    #: AT: quectel, sierra or telit; unset: detected from +CGMI.
+    vendor: Literal["quectel", "sierra", "telit"] | None = None
+    #: Netgear: the modem's address and admin password.
+    host: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    poll_s: float = Field(default=30.0, ge=1, le=3600)
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _needs_address(self) -> ModemSection:
+        if self.driver == "at" and not self.port:
+            raise ValueError("driver 'at' needs 'port' (e.g. /dev/serial/by-id/...)")
+        if self.driver == "netgear" and not self.host:
+            raise ValueError("driver 'netgear' needs 'host' (the modem's address)")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration; one model per TOML section."""
 
@@ -291,6 +316,7 @@ class Settings(BaseSettings):
     plan: PlanSection = PlanSection()
     meter: MeterSection = MeterSection()
     mqtt: MqttSection = MqttSection()
+    modem: ModemSection = ModemSection()
 
     @classmethod
     def settings_customise_sources(
@@ -364,7 +390,11 @@ def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
 
 def _check_secret_files(path: Path, settings: Settings) -> list[str]:
     problems = []
-    for section, key in (("router", "password_file"), ("mqtt", "password_file")):
+    for section, key in (
+        ("router", "password_file"),
+        ("mqtt", "password_file"),
+        ("modem", "password_file"),
+    ):
         file = getattr(getattr(settings, section), key)
         if file is not None and not os.access(file, os.R_OK):
             problems.append(

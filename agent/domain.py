@@ -57,6 +57,17 @@ TO_PRIMARY: tuple[Action, ...] = (
 
 
 class EventKind(enum.StrEnum):
+    # The modem watch (agent/modem/watch.py) and the location guard name these.
+    MODEM_UNRESPONSIVE = "modem_unresponsive"
+    MODEM_SIM_MISSING = "modem_sim_missing"
+    MODEM_RADIO_OFF = "modem_radio_off"
+    MODEM_RESET = "modem_reset"
+    MODEM_RESET_DEFERRED = "modem_reset_deferred"
+    MODEM_RESET_FAILED = "modem_reset_failed"
+    MODEM_RECOVERED = "modem_recovered"
+    MODEM_NEEDS_ATTENTION = "modem_needs_attention"
+    RELOCATED = "relocated"
+    RETURNED = "returned"
     FAILOVER = "failover"
     FAILBACK = "failback"
     MODE_CHANGED = "mode_changed"

@@ -17,6 +17,18 @@ ROUTER_DRIVERS: dict[str, str] = {
 }
 
 
+MODEM_DRIVERS: dict[str, str] = {
+    "at": "drivers.modem.at.driver:AtModemDriver",
+    "netgear": "drivers.modem.netgear:NetgearDriver",
+    "routeros-lte": "drivers.modem.routeros_lte:RouterOSLteDriver",
+}
+
+
+def load_modem_driver(name: str) -> type:
+    """The modem driver class registered as `name` (see load_router_driver)."""
+    return _load("modem", MODEM_DRIVERS, name)
+
+
 def load_router_driver(name: str) -> type:
     """The router driver class registered as `name`; UnsupportedError when it is unknown,
     not built yet, or its library is not installed."""
