@@ -246,6 +246,7 @@ class Agent:
         self.verdict_since_wall_s: dict[LinkRole, float] = {}
         self.active_calls = 0
         self.router_state: Any = None
+        self._last_drift: tuple[str, ...] = ()
         self.mode_since_wall_s = clock.wall()
         self._changed = asyncio.Event()
         self._interfaces = {
@@ -531,10 +532,19 @@ class Agent:
             drift.append(f"VoIP path is {state.voip_path}, expected {expected_path.value}")
         self.router_state = state
         if not drift:
+            self._last_drift = ()
             return
-        self.store.append_event(
-            Event(EventKind.ROUTER_DRIFT, self.clock.wall(), {"drift": drift, "repaired": True})
-        )
+        repair = self.settings.router.reapply_on_drift
+        if tuple(drift) != self._last_drift:  # once per distinct drift, not every check
+            self._last_drift = tuple(drift)
+            self.store.append_event(
+                Event(
+                    EventKind.ROUTER_DRIFT, self.clock.wall(), {"drift": drift, "repaired": repair}
+                )
+            )
+        if not repair:
+            log.warning("router drift (left as it is, reapply_on_drift = false): %s", drift)
+            return
         log.warning("router drift, re-applying: %s", "; ".join(drift))
         await self.router.apply_policy(self.policy)
         await self.router.set_voip_path(expected_path)

@@ -87,6 +87,9 @@ class RouterSection(_Section):
     #: router steers each port to its link (so LTE can be probed on purpose, and the
     #: primary's probes never ride LTE in failover).
     primary_probe_port: int = Field(default=5098, ge=1024, le=65535)
+    #: Drift or tampering with the agent's own router config is always reported; with
+    #: this on (the default) the agent also puts its config back at once.
+    reapply_on_drift: bool = True
     cellular_probe_port: int = Field(default=5099, ge=1024, le=65535)
 
     @model_validator(mode="after")
