@@ -18,7 +18,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from drivers.errors import NeedsHumanError, UnsupportedError
+from drivers.errors import NeedsHumanError
+from drivers.router.policy_checks import check_gateway, check_port, ipv4_networks
 from drivers.types import AGENT_TAG, VoipPolicy
 
 TABLE_FAMILY = "inet"
@@ -148,9 +149,9 @@ def validate(policy: VoipPolicy) -> None:
     voip_networks(policy)
     _networks(policy.agent_prefixes, "agent_prefixes")
     for port in policy.sip_ports:
-        _check_port(port, "a SIP port")
-    _check_port(policy.rtp_port_min, "rtp_port_min")
-    _check_port(policy.rtp_port_max, "rtp_port_max")
+        check_port(port, "a SIP port")
+    check_port(policy.rtp_port_min, "rtp_port_min")
+    check_port(policy.rtp_port_max, "rtp_port_max")
     if policy.rtp_port_min > policy.rtp_port_max:
         raise NeedsHumanError(
             f"rtp_port_min {policy.rtp_port_min} is above rtp_port_max {policy.rtp_port_max}; "
@@ -167,37 +168,11 @@ def validate(policy: VoipPolicy) -> None:
         raise NeedsHumanError(
             f"rule_priority {policy.rule_priority} must lie in 2..32765 (before the main table)."
         )
-    if policy.cellular_gateway is not None:
-        try:
-            ipaddress.IPv4Address(policy.cellular_gateway)
-        except ValueError as exc:
-            raise NeedsHumanError(
-                f"The cellular gateway {policy.cellular_gateway!r} is not an IPv4 address; "
-                "fix links.cellular.gateway."
-            ) from exc
-
-
-def _check_port(port: int, what: str) -> None:
-    if not 1 <= port <= 65535:
-        raise NeedsHumanError(f"{what} {port} is not a port number (1-65535); fix the config.")
+    check_gateway(policy.cellular_gateway)
 
 
 def _networks(prefixes: Iterable[str], what: str) -> tuple[ipaddress.IPv4Network, ...]:
-    networks: list[ipaddress.IPv4Network] = []
-    for text in prefixes:
-        try:
-            network = ipaddress.ip_network(text, strict=True)
-        except ValueError as exc:
-            raise NeedsHumanError(
-                f"{what} entry {text!r} is not a network prefix (host bits set?); fix the config."
-            ) from exc
-        if network.version != 4:
-            raise UnsupportedError(
-                f"{what} entry {text} is IPv6, which the Linux driver does not steer yet; "
-                "list IPv4 prefixes only."
-            )
-        networks.append(ipaddress.IPv4Network(network))
-    return tuple(networks)
+    return ipv4_networks(prefixes, what, driver="Linux", strict=True)
 
 
 # --- nftables -----------------------------------------------------------------------

@@ -34,7 +34,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from drivers.errors import NeedsHumanError, UnsupportedError
+from drivers.errors import NeedsHumanError
+from drivers.router.policy_checks import check_gateway, check_port, ipv4_networks
 from drivers.types import AGENT_TAG, VoipPolicy
 
 TAG = f"{AGENT_TAG}:"
@@ -179,9 +180,9 @@ def validate(policy: VoipPolicy) -> None:
     if not policy.sip_ports:
         raise NeedsHumanError("The policy lists no SIP ports; set voip.sip_ports.")
     for port in policy.sip_ports:
-        _check_port(port, "a SIP port")
-    _check_port(policy.rtp_port_min, "rtp_port_min")
-    _check_port(policy.rtp_port_max, "rtp_port_max")
+        check_port(port, "a SIP port")
+    check_port(policy.rtp_port_min, "rtp_port_min")
+    check_port(policy.rtp_port_max, "rtp_port_max")
     if policy.rtp_port_min > policy.rtp_port_max:
         raise NeedsHumanError(
             f"rtp_port_min {policy.rtp_port_min} is above rtp_port_max {policy.rtp_port_max}; "
@@ -190,42 +191,16 @@ def validate(policy: VoipPolicy) -> None:
     for name in ("cellular_probe_port", "primary_probe_port"):
         port = getattr(policy, name)
         if port is not None:
-            _check_port(port, name)
+            check_port(port, name)
     if policy.cellular_probe_port is not None and \
             policy.cellular_probe_port == policy.primary_probe_port:
         raise NeedsHumanError(
             "cellular_probe_port and primary_probe_port are the same port; pick two.")
-    if policy.cellular_gateway is not None:
-        try:
-            ipaddress.IPv4Address(policy.cellular_gateway)
-        except ValueError as exc:
-            raise NeedsHumanError(
-                f"The cellular gateway {policy.cellular_gateway!r} is not an IPv4 address; "
-                "fix links.cellular.gateway."
-            ) from exc
-
-
-def _check_port(port: int, what: str) -> None:
-    if not 1 <= port <= 65535:
-        raise NeedsHumanError(f"{what} {port} is not a port number (1-65535); fix the config.")
+    check_gateway(policy.cellular_gateway)
 
 
 def networks(prefixes: Iterable[str], what: str) -> tuple[ipaddress.IPv4Network, ...]:
-    out: list[ipaddress.IPv4Network] = []
-    for text in prefixes:
-        try:
-            network = ipaddress.ip_network(text, strict=False)
-        except ValueError as exc:
-            raise NeedsHumanError(
-                f"{what} entry {text!r} is not an address or prefix; fix the config."
-            ) from exc
-        if network.version != 4:
-            raise UnsupportedError(
-                f"{what} entry {text} is IPv6, which the RouterOS driver does not steer yet; "
-                "list IPv4 prefixes only."
-            )
-        out.append(ipaddress.IPv4Network(network))
-    return tuple(out)
+    return ipv4_networks(prefixes, what, driver="RouterOS", strict=False)
 
 
 def list_address(network: ipaddress.IPv4Network) -> str:
