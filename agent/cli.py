@@ -127,6 +127,32 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--config", type=Path, default=argparse.SUPPRESS, help="configuration file (as for `meter`)"
     )
+    p = add(
+        "location",
+        "show the site baseline and whether the modem still sees the business location",
+        _cmd_location,
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    loc_sub = p.add_subparsers(dest="location_action", metavar="ACTION")
+    r = loc_sub.add_parser(
+        "record",
+        help="record what the modem sees here as the site baseline (at installation)",
+        description="Read the modem a few times (from the running agent when there is one) "
+        "and save the networks, tracking areas and cells it sees as this site's baseline.",
+    )
+    r.add_argument("--samples", type=int, default=3, help="readings to take (default 3)")
+    r.add_argument(
+        "--interval-s", type=float, default=10.0, help="seconds between readings (default 10)"
+    )
+    r.add_argument("--add", action="store_true", help="add to the baseline instead of replacing it")
+    r.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS,
+        help="print one JSON object for machines",
+    )
+    r.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS,
+        help="configuration file (as for `location`)",
+    )
     _add_fleet(sub)
     return parser
 
@@ -243,6 +269,105 @@ def _cmd_modem(args: argparse.Namespace) -> int:
         value = figures.get(key)
         print(f"{label:<13} {'unknown' if value is None else value}")
     return EXIT_OK
+
+
+def _cmd_location(args: argparse.Namespace) -> int:
+    from agent.modem import location_watch as lw
+    from agent.store import Store
+
+    settings = _load(args)
+    if getattr(args, "location_action", None) == "record":
+        return _location_record(args, settings)
+    store = Store(settings.agent.state_dir / "agent.db")
+    try:
+        view = lw.describe(lw.load_baseline(store), lw.load_state(store))
+    finally:
+        store.close()
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": True, **view}, sort_keys=True))
+        return EXIT_OK
+    base = view["baseline"]
+    print(f"{'Verdict':<13} {view['verdict'].replace('_', ' ')}")
+    if view["raised"]:
+        print(f"{'Raised':<13} {', '.join(view['raised'])}")
+    if base is None:
+        print(f"{'Baseline':<13} none: record it with `cpe-agent location record`")
+        return EXIT_OK
+    recorded = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(base["last_s"] or 0))
+    print(f"{'Recorded':<13} {recorded} ({base['samples']} readings)")
+    print(f"{'Networks':<13} {', '.join(base['plmns']) or 'none'}")
+    print(f"{'TACs':<13} {', '.join(str(t) for t in base['tacs']) or 'none'}")
+    print(f"{'eNBs':<13} {', '.join(str(e) for e in base['enb_ids']) or 'none'}")
+    if base["gnss"]:
+        print(f"{'GNSS':<13} {base['gnss'][0]:.5f}, {base['gnss'][1]:.5f}")
+    for reason, streak in view["streaks"].items():
+        print(f"{'Watching':<13} {reason}: {streak['samples']} readings since "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(streak['since_s']))}")
+    return EXIT_OK
+
+
+def _location_record(args: argparse.Namespace, settings: Settings) -> int:
+    from agent.clock import Clock
+    from agent.location import SiteBaseline, record
+    from agent.modem import location_watch as lw
+    from agent.store import Store
+
+    if args.samples < 1 or args.interval_s < 0:
+        return _fail(args, EXIT_CONFIG, ["--samples must be 1 or more and --interval-s >= 0."])
+    clock = Clock()
+    store = Store(settings.agent.state_dir / "agent.db")
+    try:
+        start = lw.load_baseline(store) if args.add else None
+        status = read_status(settings.agent.runtime_dir)
+        if status is not None and clock.wall() - float(status.get("written_wall_s", 0)) <= (
+            STALE_AFTER_S
+        ) and status.get("modem"):
+            # The running agent owns the modem's port: sample its status file instead.
+            baseline, source = start or SiteBaseline(), "agent"
+            for i in range(args.samples):
+                if i:
+                    time.sleep(args.interval_s)
+                fresh = read_status(settings.agent.runtime_dir) or {}
+                sample = lw.sample_from_figures(fresh.get("modem") or {}, clock.wall())
+                if sample is not None:
+                    baseline = record(baseline, sample)
+            if baseline.samples == (start.samples if start else 0):
+                return _fail(args, EXIT_RETRY, [
+                    "the modem saw no network in any reading, so there is nothing to record; "
+                    "check its antenna and SIM (`cpe-agent modem`) and record again."])
+        else:
+            baseline = asyncio.run(_record_from_modem(settings, args, clock, start))
+            source = "modem"
+        lw.save_baseline(store, baseline)
+    finally:
+        store.close()
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": True, "source": source, "baseline": baseline.to_dict()},
+                         sort_keys=True))
+    else:
+        d = baseline.to_dict()
+        print(f"Recorded the site from {d['samples']} readings ({source}): networks "
+              f"{', '.join(d['plmns']) or 'none'}, TACs {d['tacs']}, eNBs {d['enb_ids']}"
+              f"{', with a GNSS fix' if d['gnss'] else ''}.")
+    return EXIT_OK
+
+
+async def _record_from_modem(
+    settings: Settings, args: argparse.Namespace, clock: Any, start: Any
+) -> Any:
+    from agent.app import build_modem
+    from agent.modem import location_watch as lw
+
+    driver = build_modem(settings)
+    if driver is None:
+        raise ConfigError(["[modem] driver is 'none': there is no modem to record the site from."])
+    await driver.open()
+    try:
+        return await lw.record_baseline(
+            driver, clock, samples=args.samples, interval_s=args.interval_s, baseline=start
+        )
+    finally:
+        await driver.close()
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:

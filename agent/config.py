@@ -278,8 +278,11 @@ class MqttSection(_Section):
 class ModemSection(_Section):
     """The LTE modem the agent watches (signal, SIM, registration; hang recovery)."""
 
-    #: "none", "at" (USB/serial modem), "netgear" (the Ethernet modem's JSON API).
-    driver: Literal["none", "at", "netgear"] = "none"
+    #: "none", "at" (USB/serial modem), "netgear" (the Ethernet modem's JSON API),
+    #: "routeros-lte" (a MikroTik's built-in modem, through the [router] connection).
+    driver: Literal["none", "at", "netgear", "routeros-lte"] = "none"
+    #: routeros-lte: the router's LTE interface.
+    interface: str = Field(default="lte1", min_length=1, max_length=32)
     #: AT: a device path, a /dev/serial/by-id/... link (best), or a socket:// URL.
     port: str | None = None
     #: AT: quectel, sierra or telit; unset: detected from +CGMI.
@@ -298,6 +301,32 @@ class ModemSection(_Section):
         if self.driver == "netgear" and not self.host:
             raise ValueError("driver 'netgear' needs 'host' (the modem's address)")
         return self
+
+
+class LocationSection(_Section):
+    """The location guard: events when the equipment seems to leave the business address."""
+
+    #: Countries (E.212 MCCs) the service may run in: United States 310-316, Canada 302.
+    allowed_mccs: list[str] = Field(
+        default_factory=lambda: ["302", "310", "311", "312", "313", "314", "315", "316"],
+        min_length=1,
+    )
+    #: A cell never seen at installation counts once it persists this many reports ...
+    min_samples: int = Field(default=6, ge=1, le=10_000)
+    #: ... and this long (neighbour cells come and go).
+    min_duration_s: float = Field(default=7200.0, ge=0, le=30 * 86400)
+    #: GNSS fixes (where the modem has GNSS) further than this from the installation fix.
+    gnss_radius_m: float = Field(default=1000.0, gt=0, le=1_000_000)
+    #: How often to ask the modem for a GNSS fix.
+    gnss_every_s: float = Field(default=300.0, ge=10, le=86400)
+
+    @field_validator("allowed_mccs")
+    @classmethod
+    def _mccs_are_three_digits(cls, value: list[str]) -> list[str]:
+        bad = [m for m in value if not re.fullmatch(r"\d{3}", m)]
+        if bad:
+            raise ValueError(f"allowed_mccs must be three-digit country codes, not {bad}")
+        return value
 
 
 class Settings(BaseSettings):
@@ -320,6 +349,7 @@ class Settings(BaseSettings):
     meter: MeterSection = MeterSection()
     mqtt: MqttSection = MqttSection()
     modem: ModemSection = ModemSection()
+    location: LocationSection = LocationSection()
 
     @classmethod
     def settings_customise_sources(
@@ -334,6 +364,15 @@ class Settings(BaseSettings):
         if settings_cls.model_config.get("toml_file"):
             sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _routeros_lte_needs_routeros(self) -> Settings:
+        if self.modem.driver == "routeros-lte" and self.router.driver != "routeros":
+            raise ValueError(
+                "modem driver 'routeros-lte' reads the MikroTik's built-in modem through "
+                "the [router] connection, so it needs router driver 'routeros'"
+            )
+        return self
 
     def probe_targets(self) -> list[str]:
         targets = self.health.icmp_targets or self.voip.sbc_addresses

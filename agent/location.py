@@ -263,3 +263,45 @@ def observe(
         streaks=tuple(sorted(streaks.items())), raised=frozenset(raised)
     )
     return new_state, events
+
+
+def state_to_dict(state: GuardState) -> dict[str, Any]:
+    """A GuardState as JSON-able data (for the store, so a restart neither forgets a raised
+    relocation nor raises it a second time)."""
+    return {
+        "streaks": {
+            reason: {"since_s": s.since_s, "count": s.count, "detail": dict(s.detail)}
+            for reason, s in state.streaks
+        },
+        "raised": sorted(state.raised),
+    }
+
+
+def state_from_dict(d: dict[str, Any] | None) -> GuardState:
+    """The inverse of state_to_dict; unknown reasons and malformed entries are dropped."""
+    if not isinstance(d, dict):
+        return GuardState()
+    streaks: dict[str, Streak] = {}
+    raw = d.get("streaks")
+    for reason, s in (raw.items() if isinstance(raw, dict) else ()):
+        if reason not in REASONS or not isinstance(s, dict):
+            continue
+        try:
+            raw_detail = s.get("detail")
+            detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
+            streaks[reason] = Streak(
+                float(s["since_s"]), int(s["count"]), tuple(sorted(detail.items()))
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+    raised = frozenset(r for r in d.get("raised") or () if r in REASONS)
+    return GuardState(streaks=tuple(sorted(streaks.items())), raised=raised)
+
+
+def verdict(baseline: SiteBaseline | None, state: GuardState) -> str:
+    """One word for people: "no_baseline", "at_site" or "relocated"."""
+    if state.raised:
+        return "relocated"
+    if baseline is None or baseline.samples == 0:
+        return "no_baseline"
+    return "at_site"

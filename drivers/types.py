@@ -88,6 +88,12 @@ class RouterState:
     #: reported once: the driver changed configuration that is not its own (it disabled
     #: the SIP helper), the router's serial or name changed, the router rebooted.
     notices: tuple[str, ...] = ()
+    #: IP bytes of VoIP, and of the agent's own traffic, that left or entered by the
+    #: cellular link, both directions summed, as the router counted them since its rules
+    #: were installed (a re-apply keeps them; a router reboot restarts them). None: the
+    #: driver cannot tell them apart.
+    voice_bytes: int | None = None
+    agent_bytes: int | None = None
 
 
 @dataclass(frozen=True)

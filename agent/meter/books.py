@@ -38,6 +38,12 @@ class Totals:
     #: the failback dwell and the installer's test).
     lte_s: float = 0.0
     lte_primary_healthy_s: float = 0.0
+    #: IP bytes of VoIP and of the agent's own traffic on LTE, both ways, as the router
+    #: counted them (0 when the driver cannot tell them apart; report.py says None then).
+    voice_bytes: int = 0
+    agent_bytes: int = 0
+    #: The agent's own MQTT bytes on LTE as its client counted them (IP+TCP+TLS+MQTT).
+    agent_mqtt_bytes: int = 0
 
     @property
     def ip_bytes(self) -> int:

@@ -183,6 +183,9 @@ def cycle_summary(record: CycleRecord, cycle: Cycle, rules: MeterRules) -> dict[
         "lte_hours": round(record.totals.lte_s / 3600.0, 3),
         "lte_primary_healthy_hours": round(record.totals.lte_primary_healthy_s / 3600.0, 3),
         "blocked_bytes": record.totals.blocked_bytes,
+        "voice_bytes": record.totals.voice_bytes or None,
+        "agent_bytes": record.totals.agent_bytes or None,
+        "agent_mqtt_bytes": record.totals.agent_mqtt_bytes or None,
         "resets": record.resets,
     }
 

@@ -5,7 +5,8 @@ raises alerts, and persists, with bounded writes, what a crash must not lose.
     task = asyncio.create_task(meter.run())     # until cancelled; persists on the way out
     meter.snapshot()                            # for status, `cpe-agent meter`, telemetry
     meter.note_links(mode, primary_healthy)     # from the agent, each second
-    meter.note_router_state(router_state)       # blocked non-VoIP bytes, when read
+    meter.note_router_state(router_state)       # blocked, voice and agent bytes, when read
+    meter.note_agent_wire_bytes(total)          # the MQTT client's own bytes on LTE so far
     meter.telemetry_minimum                     # True at the cap: cut the agent's own reports
 
 Writes: at most one per `persist_interval_s` while bytes move, and one at once on every
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.clock import Clock
 from agent.domain import Event, EventKind, Mode
-from agent.meter import budget, clocktrust, counter, report, timesync
+from agent.meter import budget, clocktrust, counter, report, split, timesync
 from agent.meter.ledger import (
     Count,
     MeterDoc,
@@ -106,8 +107,14 @@ class Meter:
         self._view_cache: MeterDoc | None = None
         self._mode: Mode | None = None
         self._primary_healthy: bool | None = None
-        self._blocked_last: int | None = None
+        self._blocked = split.Tracker()
+        self._voice = split.Tracker()
+        self._agent = split.Tracker()
+        self._mqtt = split.Tracker()
         self._blocked_pending = 0
+        self._voice_pending = 0
+        self._agent_pending = 0
+        self._mqtt_pending = 0
         self._telemetry_minimum = False
         self.persist_error: str | None = None
         self.source_error: str | None = None
@@ -182,13 +189,24 @@ class Meter:
         self._primary_healthy = primary_healthy
 
     def note_router_state(self, state: RouterState) -> None:
-        """The guard's blocked-bytes counter, read back from the router."""
-        value = state.blocked_bytes
-        if self._blocked_last is not None:
-            # The counter restarts with the router: a smaller value is all new.
-            moved = value - self._blocked_last
-            self._blocked_pending += moved if moved >= 0 else value
-        self._blocked_last = value
+        """The router's running totals: the guard's blocked bytes, and VoIP and the
+        agent's own bytes on LTE where the driver can tell them apart (None: it cannot).
+        Each restarts with the router (or a re-created table): a smaller total is all new.
+        """
+        self._blocked, moved = split.advance(self._blocked, state.blocked_bytes)
+        self._blocked_pending += moved
+        self._voice, moved = split.advance(self._voice, state.voice_bytes)
+        self._voice_pending += moved
+        self._agent, moved = split.advance(self._agent, state.agent_bytes)
+        self._agent_pending += moved
+
+    def note_agent_wire_bytes(self, total_lte_wire_bytes: int) -> None:
+        """The MQTT client's own bytes on LTE since it started (IP+TCP+TLS+MQTT).
+
+        The client starts at zero with the agent, so the first total counts in full; a
+        smaller total (a new client) is all new."""
+        self._mqtt, moved = split.advance(self._mqtt, total_lte_wire_bytes, from_zero=True)
+        self._mqtt_pending += moved
 
     # --- polling ------------------------------------------------------------------------------
 
@@ -260,12 +278,16 @@ class Meter:
             tx_packets=tx_pk,
             idle_ip_bytes=rx_ip + tx_ip if self._mode is not None and not on_lte else 0,
             blocked_bytes=self._blocked_pending,
+            voice_bytes=self._voice_pending,
+            agent_bytes=self._agent_pending,
+            agent_mqtt_bytes=self._mqtt_pending,
             lte_s=step if on_lte else 0.0,
             lte_primary_healthy_s=step
             if on_lte and self._primary_healthy and self._mode is Mode.CELLULAR
             else 0.0,
         )
-        self._blocked_pending = 0
+        self._blocked_pending = self._voice_pending = self._agent_pending = 0
+        self._mqtt_pending = 0
         if totals.empty:
             return
         self._pending.append(
@@ -455,6 +477,10 @@ class Meter:
         snap = report.snapshot(
             self._view(), self.rules, self._now_wall(),
             clock_trusted=trusted, clock_reason=reason,
+            # Told by this process's sources; None: judged from the stored totals.
+            voice_known=self._voice.known or None,
+            agent_known=self._agent.known or None,
+            mqtt_known=self._mqtt.known or None,
         )
         snap["interface"] = self.settings.interface
         snap["persist_error"] = self.persist_error

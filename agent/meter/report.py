@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.meter import budget
-from agent.meter.ledger import MeterDoc, MeterRules, usage_bytes
+from agent.meter.ledger import MeterDoc, MeterRules, Totals, usage_bytes
 
 #: A projection needs this much history; before it the rate means little.
 MIN_PROJECTION_SPAN_S = 3600.0
@@ -19,7 +19,12 @@ def snapshot(
     *,
     clock_trusted: bool,
     clock_reason: str = "",
+    voice_known: bool | None = None,
+    agent_known: bool | None = None,
+    mqtt_known: bool | None = None,
 ) -> dict[str, Any]:
+    """`*_known`: whether the source can tell that part of the split (True: report it,
+    even 0; False: None, unknown; None: known when the stored totals hold any)."""
     plan = rules.plan
     used = usage_bytes(doc, rules)
     per_minute = budget.call_bytes_per_minute(rules.codec, rules.ptime_ms)
@@ -49,14 +54,9 @@ def snapshot(
         "call_bytes_per_minute": per_minute,
         "minutes_left": round(budget.minutes_left(used, plan, per_minute), 1),
         "telemetry_minimum": budget.telemetry_minimum(used, plan),
-        "split": {
-            # The router's counters do not tell voice from the agent's own traffic yet;
-            # None means unknown, never 0 (see docs/meter.md).
-            "voice_bytes": None,
-            "agent_bytes": None,
-            "blocked_bytes": totals.blocked_bytes if totals else 0,
-            "idle_ip_bytes": totals.idle_ip_bytes if totals else 0,
-        },
+        "split": split_figures(
+            totals, voice_known=voice_known, agent_known=agent_known, mqtt_known=mqtt_known
+        ),
         "lte_hours": round((totals.lte_s if totals else 0.0) / 3600.0, 3),
         "lte_primary_healthy_hours": round(
             (totals.lte_primary_healthy_s if totals else 0.0) / 3600.0, 3
@@ -107,10 +107,43 @@ def snapshot(
     return out
 
 
+def split_figures(
+    totals: Totals | None,
+    *,
+    voice_known: bool | None = None,
+    agent_known: bool | None = None,
+    mqtt_known: bool | None = None,
+) -> dict[str, Any]:
+    """This cycle's LTE bytes by kind. None means unknown, never 0: a driver that cannot
+    tell VoIP from the agent's traffic (RouterOS today) leaves them None. `other_bytes`
+    is what neither VoIP nor the agent explains (None unless both are known)."""
+    t = totals or Totals()
+
+    def known(value: int, flag: bool | None) -> int | None:
+        if flag is None:
+            flag = value > 0
+        return value if flag else None
+
+    voice = known(t.voice_bytes, voice_known)
+    agent = known(t.agent_bytes, agent_known)
+    other = None
+    if voice is not None and agent is not None:
+        other = max(0, t.ip_bytes - voice - agent)
+    return {
+        "voice_bytes": voice,
+        "agent_bytes": agent,
+        "agent_mqtt_bytes": known(t.agent_mqtt_bytes, mqtt_known),
+        "other_bytes": other,
+        "blocked_bytes": t.blocked_bytes,
+        "idle_ip_bytes": t.idle_ip_bytes,
+    }
+
+
 def telemetry_figures(snap: dict[str, Any]) -> dict[str, Any]:
     """The few figures the fleet needs every report (the rest travels in events)."""
     proj = snap.get("projection") or {}
     cycle = snap.get("cycle") or {}
+    split = snap.get("split") or {}
     return {
         "used_bytes": snap["used_bytes"],
         "cap_bytes": snap["cap_bytes"],
@@ -122,6 +155,10 @@ def telemetry_figures(snap: dict[str, Any]) -> dict[str, Any]:
         "lte_hours": snap["lte_hours"],
         "cycle_start": cycle.get("start"),
         "clock_trusted": snap["clock"]["trusted"],
+        "voice_bytes": split.get("voice_bytes"),
+        "agent_bytes": split.get("agent_bytes"),
+        "agent_mqtt_bytes": split.get("agent_mqtt_bytes"),
+        "blocked_bytes": split.get("blocked_bytes"),
     }
 
 
@@ -160,6 +197,7 @@ def render(snap: dict[str, Any]) -> str:
         f"{snap['lte_primary_healthy_hours']:.2f} h while the primary was healthy"
     )
     split = snap["split"]
+    lines.append(f"Split     {_split_text(split)}")
     lines.append(
         f"Blocked   {split['blocked_bytes']} non-VoIP bytes stopped before LTE; "
         f"{split['idle_ip_bytes']} bytes while VoIP was on the primary"
@@ -169,3 +207,13 @@ def render(snap: dict[str, Any]) -> str:
     for warning in snap.get("warnings", []):
         lines.append(f"Warning   {warning}")
     return "\n".join(lines)
+
+
+def _split_text(split: dict[str, Any]) -> str:
+    def mb(value: int | None) -> str:
+        return "unknown" if value is None else f"{value / 1e6:.2f} MB"
+
+    text = f"voice {mb(split.get('voice_bytes'))}, agent {mb(split.get('agent_bytes'))}"
+    if split.get("other_bytes") is not None:
+        text += f", other {mb(split['other_bytes'])}"
+    return text + f"; agent MQTT by its own count {mb(split.get('agent_mqtt_bytes'))}"

@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from drivers.errors import DeviceReplyError, DriverError, RetryableError, UnsupportedError
 from drivers.modem.at import parsers as p
@@ -51,6 +51,23 @@ class RouterOSCommandRunner(Protocol):
     """
 
     async def run(self, path: str, **args: str) -> list[dict[str, str]]: ...
+
+
+class ChannelRunner:
+    """RouterOSCommandRunner over the RouterOS transport's Channel (its own API session, so
+    a slow at-chat never holds up the router driver's commands)."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+
+    async def run(self, path: str, **args: str) -> list[dict[str, str]]:
+        reply = await self.channel.call(path, args)
+        if reply.rows:
+            return [dict(row) for row in reply.rows]
+        return [{"ret": reply.ret}] if reply.ret is not None else []
+
+    async def close(self) -> None:
+        await self.channel.close()
 
 
 # -- pure: one monitor/info row -> report --------------------------------------------------
@@ -248,12 +265,46 @@ class RouterOSLteDriver:
         self._command: str | None = None  # "monitor" (v7) or "info" (v6), once found
         self._closed = asyncio.Event()
         self._row: dict[str, str] = {}
+        self._owned_runner: ChannelRunner | None = None
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        username: str | None = None,
+        password: Any = None,
+        plain_api: bool = False,
+        tls_ca_file: str | None = None,
+        tls_verify: bool = True,
+        timeout_s: float | None = None,
+        interface: str = "lte1",
+        **driver_options: Any,
+    ) -> RouterOSLteDriver:
+        """The driver on its own API session to the router, from the [router] connection
+        settings (the same names the RouterOS router driver takes) and [modem] interface.
+        NeedsHumanError when the settings cannot work (no host or user, unreadable CA)."""
+        from drivers.router.routeros.transport import Channel, endpoint
+
+        if password is not None and hasattr(password, "get_secret_value"):
+            password = password.get_secret_value()
+        ep = endpoint(host, port, username, password, plain_api=plain_api,
+                      tls_ca_file=tls_ca_file, tls_verify=tls_verify,
+                      timeout_s=float(timeout_s) if timeout_s else 10.0)
+        runner = ChannelRunner(Channel(ep, "lte"))
+        known = ("use_at", "boot_timeout_s", "poll_s")
+        driver = cls(runner, interface, **{k: v for k, v in driver_options.items() if k in known})
+        driver._owned_runner = runner
+        return driver
 
     async def open(self) -> None:
         await self._read()
 
     async def close(self) -> None:
         self._closed.set()
+        if self._owned_runner is not None:
+            await self._owned_runner.close()
 
     async def ping(self) -> None:
         await self._read()

@@ -44,7 +44,7 @@ from agent.telemetry.commands import AgentHooks, CommandHandler
 from agent.telemetry.contract import Channel, TelemetrySample
 from agent.telemetry.mqtt import MqttOptions, TelemetryClient
 from agent.telemetry.schedule import TelemetryPolicy, TelemetrySchedule
-from tests.helpers.mosquitto import DEVICE_ACL, Mosquitto, TcpRelay, issue_client_cert
+from hil.sims.mosquitto import DEVICE_ACL, Mosquitto, TcpRelay, issue_client_cert
 
 DEVICE = "bench-site"
 MONTH_S = 30 * 86_400

@@ -1,18 +1,14 @@
 """Contract tests for every modem driver against its simulator, and hang-and-recover.
 
 AT drivers run against hil/sims/at_modem.py on a real pty (all five profiles); the Netgear
-driver against a local HTTP server speaking the model.json/Forms API; the RouterOS LTE
+driver against hil/sims/netgear_api.py (the model.json/Forms API); the RouterOS LTE
 driver against a fake RouterOSCommandRunner (the real transport is another module's).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-import urllib.parse
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -28,6 +24,7 @@ from drivers.modem.netgear import NetgearDriver
 from drivers.modem.routeros_lte import RouterOSLteDriver
 from drivers.types import AccessTech, ModemEventKind, Registration, SimState
 from hil.sims.at_modem import PROFILES, AtModemSim
+from hil.sims.netgear_api import NetgearServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -254,95 +251,7 @@ async def test_no_reset_while_calls_are_on_lte() -> None:
         await d.close()
 
 
-# -- Netgear: a local server speaking model.json and /Forms/config -------------------------
-
-
-class NetgearServer:
-    """LM1200-like: model.json shows radio to guests, SIM and IMEI to the admin only."""
-
-    def __init__(self, password: str = "s3cret") -> None:
-        self.password = password
-        self.sessions: set[str] = set()
-        self.rebooted = 0
-        self.garble = False
-        self.model = {
-            "general": {"model": "LM1200", "manufacturer": "Netgear", "FWversion": "NTG9X07C",
-                        "IMEI": "359000000000001"},
-            "sim": {"status": "Ready", "iccid": "89014103211118510720"},
-            "wwan": {"connection": "Connected", "registerNetworkDisplay": "AT&T",
-                     "roaming": False, "currentNWserviceType": "LteService",
-                     "signalStrength": {"rssi": -68, "rsrp": -98, "rsrq": -11, "sinr": 12}},
-            "wwanadv": {"curBand": "LTE B2", "MCC": "310", "MNC": "410", "LAC": 11024,
-                        "cellId": 169552899, "chanId": 900},
-        }
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _session(self) -> str | None:
-                for part in (self.headers.get("Cookie") or "").split(";"):
-                    k, _, v = part.strip().partition("=")
-                    if k == "sessionId" and v in server.sessions:
-                        return v
-                return None
-
-            def do_GET(self) -> None:
-                if self.path.startswith("/api/model.json"):
-                    admin = self._session() is not None
-                    body = dict(server.model)
-                    if not admin:
-                        body = {k: v for k, v in body.items() if k in ("wwan", "wwanadv")}
-                    body["session"] = {"userRole": "Admin" if admin else "Guest",
-                                       "secToken": "tok123"}
-                    data = b"{garbled" if server.garble else json.dumps(body).encode()
-                    self._send(200, data, "text/plain")
-                elif self.path in ("/success.json", "/error.json"):
-                    self._send(200, b"{}", "application/json")
-                else:
-                    self._send(404, b"", "text/plain")
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-                if form.get("token") != "tok123":
-                    return self._redirect("/error.json")
-                if "session.password" in form:
-                    if form["session.password"] != server.password:
-                        return self._redirect("/error.json")
-                    sid = f"s{len(server.sessions) + 1}"
-                    server.sessions.add(sid)
-                    return self._redirect("/success.json", cookie=f"sessionId={sid}; Path=/")
-                if self._session() is None:
-                    return self._redirect("/error.json")
-                if form.get("general.reboot") == "true":
-                    server.rebooted += 1
-                    server.sessions.clear()
-                return self._redirect("/success.json")
-
-            def _redirect(self, where: str, cookie: str | None = None) -> None:
-                self.send_response(302)
-                self.send_header("Location", where)
-                if cookie:
-                    self.send_header("Set-Cookie", cookie)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def _send(self, code: int, data: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+# -- Netgear: hil/sims/netgear_api.py, speaking model.json and /Forms/config -------------
 
 
 @pytest.fixture

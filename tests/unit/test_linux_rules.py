@@ -118,11 +118,14 @@ def test_script_renders_ports_ranges_and_names(
 
 def test_empty_agent_prefixes_leave_an_empty_set_and_no_rule() -> None:
     plan = rules.build_nft(policy(agent_prefixes=()))
-    assert chain_body(plan.script, "agent_mark_output").count("\n") == 1  # comment + hook only
+    # comment + hook + the agent's conntrack bit only
+    assert chain_body(plan.script, "agent_mark_output").count("\n") == 2
+    assert "agent-own" not in chain_body(plan.script, "agent_mark_output")
     agent_set = re.search(r"set agent_prefixes \{(.*?)\n\t\}", plan.script, re.S)
     assert agent_set and "elements" not in agent_set.group(1)
     assert plan.sets["agent_prefixes"] == ()
-    assert dict((c.name, c.rule_comments) for c in plan.chains)["agent_mark_output"] == ()
+    comments = dict((c.name, c.rule_comments) for c in plan.chains)["agent_mark_output"]
+    assert [c.split()[1] for c in comments] == ["agent-ct"]
 
 
 def test_counter_history_is_carried_over() -> None:
@@ -216,6 +219,10 @@ def nft_listing(plan: rules.NftPlan, **overrides: Any) -> dict[str, Any]:
         },
         {"set": {"family": "inet", "name": "agent_prefixes", "table": "cpe_agent",
                  "type": "ipv4_addr", "flags": ["interval"], "elem": ["192.0.2.53"]}},
+        {"counter": {"family": "inet", "name": "voice_on_cellular", "table": "cpe_agent",
+                     "handle": 6, "packets": 40, "bytes": 8000}},
+        {"counter": {"family": "inet", "name": "agent_on_cellular", "table": "cpe_agent",
+                     "handle": 7, "packets": 5, "bytes": 900}},
     ]  # fmt: skip
     handle = 10
     for chain in plan.chains:
@@ -304,6 +311,8 @@ def test_a_missing_table_chain_or_counter_is_drift() -> None:
     assert readback.nft_drift(plan, readback.parse_listing(document)) == [
         "the nftables table inet cpe_agent has no chain cellular_nat_postrouting",
         "the nftables table inet cpe_agent has no counter blocked_on_cellular",
+        "the nftables table inet cpe_agent has no counter voice_on_cellular",
+        "the nftables table inet cpe_agent has no counter agent_on_cellular",
     ]
 
 
@@ -471,3 +480,72 @@ def test_registry_loads_known_and_explains_unknown_drivers() -> None:
     assert registry.load_router_driver("linux").__name__ == "LinuxRouterDriver"
     with pytest.raises(UnsupportedError, match="use one of: linux, routeros"):
         registry.load_router_driver("openwrt-uci")
+
+
+# --- the split counters ---------------------------------------------------------------
+
+
+def test_split_counters_mark_connections_and_count_both_ways() -> None:
+    script = rules.build_nft(POLICY).script
+    assert "counter voice_on_cellular {" in script and "counter agent_on_cellular {" in script
+    prerouting = chain_body(script, "voip_mark_prerouting")
+    assert (
+        'iifname "lan0" meta mark & 0x4350 == 0x4350 ct mark set ct mark | 0x10000000'
+        in prerouting
+    )
+    output = chain_body(script, "agent_mark_output")
+    assert "ct direction original ct mark set ct mark | 0x20000000" in output
+    split_in = chain_body(script, "cellular_split_prerouting")
+    assert "type filter hook prerouting priority filter;" in split_in
+    assert (
+        'iifname "lte0" ct mark & 0x10000000 == 0x10000000 counter name voice_on_cellular'
+        in split_in
+    )
+    assert 'iifname "lte0" ct mark & 0x20000000 == 0x20000000 counter name agent_on_cellular' in (
+        split_in
+    )
+    split_out = chain_body(script, "cellular_split_postrouting")
+    assert "type filter hook postrouting priority filter;" in split_out
+    assert 'oifname "lte0" ct mark & 0x10000000 == 0x10000000 counter name voice_on_cellular' in (
+        split_out
+    )
+    assert 'oifname "lte0" ct mark & 0x20000000 == 0x20000000 counter name agent_on_cellular' in (
+        split_out
+    )
+
+
+@pytest.mark.parametrize(
+    ("carried", "expected"),
+    [
+        ({}, ["packets 0 bytes 0", "packets 0 bytes 0"]),
+        ({"voice_on_cellular": (4, 800)}, ["packets 4 bytes 800", "packets 0 bytes 0"]),
+        (
+            {"voice_on_cellular": (4, 800), "agent_on_cellular": (2, 120)},
+            ["packets 4 bytes 800", "packets 2 bytes 120"],
+        ),
+    ],
+)
+def test_split_counter_history_is_carried_over(
+    carried: dict[str, tuple[int, int]], expected: list[str]
+) -> None:
+    script = rules.build_nft(POLICY, counters=carried).script
+    for name, line in zip(("voice_on_cellular", "agent_on_cellular"), expected, strict=True):
+        body = re.search(rf"counter {name} {{\n(.*?)\n\t}}", script, re.S)
+        assert body and line in body.group(1)
+
+
+def test_listing_gives_the_split_counters_and_none_when_missing() -> None:
+    plan = rules.build_nft(POLICY)
+    listing = readback.parse_listing(nft_listing(plan))
+    assert listing.counters == {"voice_on_cellular": (40, 8000), "agent_on_cellular": (5, 900)}
+    assert listing.split_bytes(rules.VOICE_COUNTER) == 8000
+    assert listing.split_bytes(rules.AGENT_COUNTER) == 900
+    document = nft_listing(plan)
+    document["nftables"] = [
+        i for i in document["nftables"] if i.get("counter", {}).get("name") != "agent_on_cellular"
+    ]
+    older = readback.parse_listing(document)
+    assert older.split_bytes(rules.AGENT_COUNTER) is None
+    assert readback.nft_drift(plan, older) == [
+        "the nftables table inet cpe_agent has no counter agent_on_cellular"
+    ]

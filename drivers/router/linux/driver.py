@@ -104,7 +104,12 @@ class LinuxRouterDriver:
             self._policy = policy
             listing = await self._commands.listing()
             packets, octets = listing.counter if listing and listing.counter else (0, 0)
-            plan = rules.build_nft(policy, blocked_packets=packets, blocked_bytes=octets)
+            plan = rules.build_nft(
+                policy,
+                blocked_packets=packets,
+                blocked_bytes=octets,
+                counters=listing.counters if listing is not None else None,
+            )
             if readback.nft_drift(plan, listing):
                 await self._commands.nft("-f", "-", script=plan.script)
             await self._apply_routing(policy)
@@ -179,7 +184,15 @@ class LinuxRouterDriver:
         elif listing is not None or seen_rules or any(r.proto == AGENT_PROTO for r in routes):
             path = VoipPath.PRIMARY
         packets, octets = listing.counter if listing and listing.counter else (0, 0)
-        return RouterState(listing is not None, path, tuple(drift), packets, octets)
+        return RouterState(
+            listing is not None,
+            path,
+            tuple(drift),
+            packets,
+            octets,
+            voice_bytes=listing.split_bytes(rules.VOICE_COUNTER) if listing else None,
+            agent_bytes=listing.split_bytes(rules.AGENT_COUNTER) if listing else None,
+        )
 
     async def remove_all(self) -> int:
         """Delete the agent's table, rules and routes, found by their markers alone (so it

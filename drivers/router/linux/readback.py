@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.types import LinkEvent, VoipPolicy
@@ -18,6 +18,7 @@ from .rules import (
     AGENT_PROTO,
     COUNTER_NAME,
     PRIORITY_NUMBERS,
+    SPLIT_COUNTERS,
     TABLE_FAMILY,
     TABLE_NAME,
     Interval,
@@ -39,6 +40,12 @@ class NftListing:
     rule_comments: Mapping[str, tuple[str, ...]]  # chain -> comments (None -> "")
     sets: Mapping[str, tuple[Interval, ...]]
     counter: tuple[int, int] | None  # (packets, bytes)
+    #: The split counters found (name -> (packets, bytes)); see rules.SPLIT_COUNTERS.
+    counters: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    def split_bytes(self, name: str) -> int | None:
+        found = self.counters.get(name)
+        return found[1] if found is not None else None
 
 
 def parse_listing(document: Mapping[str, Any]) -> NftListing:
@@ -47,6 +54,7 @@ def parse_listing(document: Mapping[str, Any]) -> NftListing:
     comments: dict[str, list[str]] = {}
     sets: dict[str, tuple[Interval, ...]] = {}
     counter = None
+    named: dict[str, tuple[int, int]] = {}
     for item in document.get("nftables", []):
         if "chain" in item:
             chain = item["chain"]
@@ -62,7 +70,10 @@ def parse_listing(document: Mapping[str, Any]) -> NftListing:
         elif "counter" in item and item["counter"].get("name") == COUNTER_NAME:
             found = item["counter"]
             counter = (int(found.get("packets", 0)), int(found.get("bytes", 0)))
-    return NftListing(chains, {k: tuple(v) for k, v in comments.items()}, sets, counter)
+        elif "counter" in item and item["counter"].get("name") in SPLIT_COUNTERS:
+            found = item["counter"]
+            named[found["name"]] = (int(found.get("packets", 0)), int(found.get("bytes", 0)))
+    return NftListing(chains, {k: tuple(v) for k, v in comments.items()}, sets, counter, named)
 
 
 def _parse_elements(elements: Iterable[Any]) -> tuple[Interval, ...]:
@@ -121,6 +132,9 @@ def nft_drift(plan: NftPlan, listing: NftListing | None) -> list[str]:
             )
     if listing.counter is None:
         drift.append(f"{where} has no counter {COUNTER_NAME}")
+    for name in SPLIT_COUNTERS:
+        if name not in listing.counters:
+            drift.append(f"{where} has no counter {name}")
     return drift
 
 

@@ -25,6 +25,17 @@ from drivers.types import AGENT_TAG, VoipPolicy
 TABLE_FAMILY = "inet"
 TABLE_NAME = "cpe_agent"
 COUNTER_NAME = "blocked_on_cellular"
+#: Named counters of what crossed the cellular link, both directions: VoIP, and the
+#: router's own (the agent's) traffic. Connections are told apart by conntrack mark bits
+#: set when they start (VoIP from the LAN in prerouting, locally originated in output),
+#: so replies coming in by LTE count with the flow they answer.
+VOICE_COUNTER = "voice_on_cellular"
+AGENT_COUNTER = "agent_on_cellular"
+SPLIT_COUNTERS = (VOICE_COUNTER, AGENT_COUNTER)
+#: Conntrack mark bits (OR-ed in, matched under themselves, like the packet mark): high
+#: bits, clear of mwan3's default 0x3F00 and of the agent's packet mark.
+CT_MARK_VOICE = 0x10000000
+CT_MARK_AGENT = 0x20000000
 VOIP_SET = "voip_prefixes"
 AGENT_SET = "agent_prefixes"
 #: Routing protocol number marking the agent's routes and rules (unassigned in rt_protos).
@@ -53,6 +64,18 @@ CHAINS = {
         "postrouting",
         "srcnat",
         "masquerade what leaves by the cellular link",
+    ),
+    "cellular_split_prerouting": (
+        "filter",
+        "prerouting",
+        "filter",
+        "count VoIP and the agent's own bytes coming in by the cellular link",
+    ),
+    "cellular_split_postrouting": (
+        "filter",
+        "postrouting",
+        "filter",
+        "count VoIP and the agent's own bytes leaving by the cellular link",
     ),
 }
 #: Linux interface names: at most 15 bytes, no slash, colon, whitespace or quotes.
@@ -214,11 +237,19 @@ def _rule(role: str, text: str) -> tuple[str, str]:
     return f'{text} comment "{comment}"', comment
 
 
-def build_nft(policy: VoipPolicy, *, blocked_packets: int = 0, blocked_bytes: int = 0) -> NftPlan:
+def build_nft(
+    policy: VoipPolicy,
+    *,
+    blocked_packets: int = 0,
+    blocked_bytes: int = 0,
+    counters: Mapping[str, tuple[int, int]] | None = None,
+) -> NftPlan:
     """The one-transaction script: create-if-absent, delete, define (no window without rules).
 
-    `blocked_*` carry the counter over a re-apply, so repairing drift loses no history.
+    `blocked_*` and `counters` (name -> (packets, bytes) of the split counters) carry the
+    counters over a re-apply, so repairing drift loses no history.
     """
+    counters = counters or {}
     validate(policy)
     mark = f"{policy.voip_mark:#x}"
     # OR the bit pattern in rather than overwrite: keeps marks the customer's own
@@ -237,9 +268,20 @@ def build_nft(policy: VoipPolicy, *, blocked_packets: int = 0, blocked_bytes: in
     prerouting.append(_rule("rtp-udp", f"{lan} udp dport {rtp} {set_mark}"))
     if policy.match_dscp_ef:
         prerouting.append(_rule("dscp-ef", f"{lan} ip dscp ef {set_mark}"))
+    # Every packet of a VoIP flow carries the mark from here on; the connection keeps a
+    # bit of its own, so the replies coming in by LTE count as VoIP too.
+    prerouting.append(
+        _rule(
+            "voice-ct",
+            f"iifname {_names(policy.lan_interfaces)} meta mark & {mark} == {mark} "
+            f"{_ct_set(CT_MARK_VOICE)}",
+        )
+    )
     output = []
     if policy.agent_prefixes:
         output.append(_rule("agent-own", f"ip daddr @{AGENT_SET} {set_mark}"))
+    # What the router itself starts is the agent's (its MQTT, probes and look-ups).
+    output.append(_rule("agent-ct", f"ct direction original {_ct_set(CT_MARK_AGENT)}"))
     guard = [
         _rule(
             "guard",
@@ -247,12 +289,22 @@ def build_nft(policy: VoipPolicy, *, blocked_packets: int = 0, blocked_bytes: in
         )
     ]
     nat = [_rule("masquerade", f"oifname {cell} masquerade")]
+    split_in = [
+        _rule(f"{name}-in", f"iifname {cell} {_ct_has(bit)} counter name {name}")
+        for name, bit in ((VOICE_COUNTER, CT_MARK_VOICE), (AGENT_COUNTER, CT_MARK_AGENT))
+    ]
+    split_out = [
+        _rule(f"{name}-out", f"oifname {cell} {_ct_has(bit)} counter name {name}")
+        for name, bit in ((VOICE_COUNTER, CT_MARK_VOICE), (AGENT_COUNTER, CT_MARK_AGENT))
+    ]
 
     rules_by_chain = {
         "voip_mark_prerouting": prerouting,
         "agent_mark_output": output,
         "cellular_guard_forward": guard,
         "cellular_nat_postrouting": nat,
+        "cellular_split_prerouting": split_in,
+        "cellular_split_postrouting": split_out,
     }
     voip = voip_networks(policy)
     agent = _networks(policy.agent_prefixes, "agent_prefixes")
@@ -266,6 +318,17 @@ def build_nft(policy: VoipPolicy, *, blocked_packets: int = 0, blocked_bytes: in
         f"\t\tpackets {int(blocked_packets)} bytes {int(blocked_bytes)}",
         "\t}",
     ]
+    for name, what in (
+        (VOICE_COUNTER, "VoIP bytes by the cellular link, both ways"),
+        (AGENT_COUNTER, "the agent's own bytes by the cellular link, both ways"),
+    ):
+        packets, octets = counters.get(name, (0, 0))
+        lines += [
+            f"\tcounter {name} {{",
+            f'\t\tcomment "{AGENT_TAG}: {what}"',
+            f"\t\tpackets {int(packets)} bytes {int(octets)}",
+            "\t}",
+        ]
     for name, networks, what in ((VOIP_SET, voip, "VoIP provider"), (AGENT_SET, agent, "agent")):
         lines += [
             f"\tset {name} {{",
@@ -294,6 +357,14 @@ def build_nft(policy: VoipPolicy, *, blocked_packets: int = 0, blocked_bytes: in
         chains=tuple(specs),
         sets={VOIP_SET: intervals(voip), AGENT_SET: intervals(agent)},
     )
+
+
+def _ct_set(bit: int) -> str:
+    return f"ct mark set ct mark | {bit:#x}"
+
+
+def _ct_has(bit: int) -> str:
+    return f"ct mark & {bit:#x} == {bit:#x}"
 
 
 def removal_script() -> str:

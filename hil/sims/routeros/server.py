@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import wire
+from . import lte, wire
 from .db import Trap
 from .pingtool import run_ping
 
@@ -238,6 +238,12 @@ class ApiServer:
             self._need(policies, "reboot")
             await cmd.done()
             sim.schedule_reboot()
+            return
+        if cmd.path == lte.PATH and cmd.name in ("monitor", "info", "at-chat"):
+            self._need(policies, "read" if cmd.name != "at-chat" else "write")
+            sim.log_command(cmd)
+            assert sim.lte is not None
+            await lte.run(sim.lte, db, sim.profile, cmd)
             return
         spec = sim.tree.menus[cmd.path]
         if cmd.name in ("print", "getall", "listen", "monitor-traffic"):

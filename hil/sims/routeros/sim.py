@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import lte
 from .control import ControlServer
 from .db import ConfigDB, format_duration, format_id
 from .menus import build_tree
@@ -48,8 +49,15 @@ class RouterOSSim:
         self.profile = get_profile(profile)
         self.model = get_model(model, self.profile)
         self.tree = build_tree(self.profile)
+        if self.model.has_lte:
+            lte.install(self.tree, self.profile)
         self.db = ConfigDB(self.profile, self.tree)
         seed(self.db, self.profile, self.model, user, password, group)
+        #: The built-in LTE modem (Chateau-LTE); None on models without one.
+        self.lte: lte.LteModem | None = None
+        if self.model.has_lte:
+            lte.seed(self.db)
+            self.lte = lte.LteModem()
         self.db.render_hooks["/system/resource"] = self._resource_hook
         self.ping_time_scale = ping_time_scale
         self.command_log: list[dict[str, Any]] = []
@@ -241,6 +249,17 @@ class RouterOSSim:
             if running and not was:
                 item.props["last-link-up-time"] = self.profile.format_datetime(datetime.now())
             self.db._notify("/interface", item)
+
+    def set_lte(self, **values: Any) -> None:
+        """The built-in modem's cell, PLMN, signal, registration or network time (fields of
+        lte.LteModem: tac=..., cell_id=..., mcc=..., rsrp_dbm=..., network_utc_s=...)."""
+        if self.lte is None:
+            raise KeyError(f"the {self.model.key} model has no built-in LTE modem")
+        with self.db.lock:
+            for key, value in values.items():
+                if not hasattr(self.lte, key):
+                    raise ValueError(f"no LTE field {key}")
+                setattr(self.lte, key, value)
 
     def _interface(self, name: str) -> Any:
         item = self.db.find("/interface", name)
