@@ -51,7 +51,9 @@ class Stream:
         except BaseException:
             if self._session is not None:
                 self._session.abort()
-            with contextlib.suppress(BaseException):
+            # Give the worker a moment to notice the abort, but let a second cancellation
+            # through: suppressing it could leave the watch un-cancellable.
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(future, 2.0)
             raise
 
