@@ -198,6 +198,12 @@ class Usage(_Model):
     cycle_start: str | None = Field(default=None, max_length=40)
     #: False while the device's clock is not trusted (cycle boundaries uncertain).
     clock_trusted: bool | None = None
+    #: This cycle's LTE bytes by kind, where the router can tell them apart (None: it
+    #: cannot): VoIP, the agent's own traffic, its MQTT on the wire, blocked non-VoIP.
+    voice_bytes: int | None = Field(default=None, ge=0)
+    agent_bytes: int | None = Field(default=None, ge=0)
+    agent_mqtt_bytes: int | None = Field(default=None, ge=0)
+    blocked_bytes: int | None = Field(default=None, ge=0)
 
 
 class AgentHealth(_Model):
