@@ -80,10 +80,22 @@ def build_modem(settings: Settings) -> ModemDriver | None:
 
 
 async def read_modem_once(settings: Settings) -> dict[str, Any]:
-    """Open the modem, read its identity and one report, grade it, close (the CLI)."""
+    """Open the configured modem, read its identity and one report, grade it, close."""
     driver = build_modem(settings)
     if driver is None:
         raise ConfigError(["[modem] driver is 'none': there is no modem to read."])
+    return await _read_modem(driver)
+
+
+async def read_modem_at_port(
+    port: str, vendor: str | None, timeout_s: float = 5.0
+) -> dict[str, Any]:
+    """A modem on the bench, without a config file: `cpe-agent modem --port URL`."""
+    driver_class = registry.load_modem_driver("at")
+    return await _read_modem(driver_class(port, vendor=vendor, timeout_s=timeout_s))
+
+
+async def _read_modem(driver: ModemDriver) -> dict[str, Any]:
     await driver.open()
     try:
         identity = await driver.identity()

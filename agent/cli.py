@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object for machines")
     p = add("modem", "show the LTE modem: signal, coverage grade, registration, SIM", _cmd_modem)
     p.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    p.add_argument(
+        "--port",
+        help="ask a modem directly, no config file: a device path, a pty or socket://host:port",
+    )
+    p.add_argument("--vendor", choices=["quectel", "sierra", "telit"], help="with --port")
     p = add("demo", "run the demo in the virtual lab (root, Debian; needs a checkout)", _cmd_demo)
     p.add_argument("--dwell-s", type=float, default=8.0, help="shortened failback dwell")
     p = add(
@@ -146,11 +151,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--add", action="store_true", help="add to the baseline instead of replacing it")
     r.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS,
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
         help="print one JSON object for machines",
     )
     r.add_argument(
-        "--config", type=Path, default=argparse.SUPPRESS,
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
         help="configuration file (as for `location`)",
     )
     _add_fleet(sub)
@@ -250,7 +259,12 @@ MODEM_LINES = (
 
 
 def _cmd_modem(args: argparse.Namespace) -> int:
-    """From the running agent when there is one (it owns the port); else read it once."""
+    """From the running agent when there is one (it owns the port); else read it once.
+    With --port, the modem on the bench is asked directly and no config is read."""
+    if args.port:
+        from agent.app import read_modem_at_port
+
+        return _show_modem(args, asyncio.run(read_modem_at_port(args.port, args.vendor)))
     settings = _load(args)
     status = read_status(settings.agent.runtime_dir)
     fresh = status is not None and time.time() - float(status.get("written_wall_s", 0)) <= (
@@ -262,6 +276,10 @@ def _cmd_modem(args: argparse.Namespace) -> int:
         from agent.app import read_modem_once
 
         figures = asyncio.run(read_modem_once(settings))
+    return _show_modem(args, figures)
+
+
+def _show_modem(args: argparse.Namespace, figures: dict[str, Any]) -> int:
     if args.json:
         print(json.dumps({"ok": True, **figures}, default=str, sort_keys=True))
         return EXIT_OK
@@ -301,8 +319,10 @@ def _cmd_location(args: argparse.Namespace) -> int:
     if base["gnss"]:
         print(f"{'GNSS':<13} {base['gnss'][0]:.5f}, {base['gnss'][1]:.5f}")
     for reason, streak in view["streaks"].items():
-        print(f"{'Watching':<13} {reason}: {streak['samples']} readings since "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(streak['since_s']))}")
+        print(
+            f"{'Watching':<13} {reason}: {streak['samples']} readings since "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(streak['since_s']))}"
+        )
     return EXIT_OK
 
 
@@ -319,9 +339,11 @@ def _location_record(args: argparse.Namespace, settings: Settings) -> int:
     try:
         start = lw.load_baseline(store) if args.add else None
         status = read_status(settings.agent.runtime_dir)
-        if status is not None and clock.wall() - float(status.get("written_wall_s", 0)) <= (
-            STALE_AFTER_S
-        ) and status.get("modem"):
+        if (
+            status is not None
+            and clock.wall() - float(status.get("written_wall_s", 0)) <= (STALE_AFTER_S)
+            and status.get("modem")
+        ):
             # The running agent owns the modem's port: sample its status file instead.
             baseline, source = start or SiteBaseline(), "agent"
             for i in range(args.samples):
@@ -332,9 +354,14 @@ def _location_record(args: argparse.Namespace, settings: Settings) -> int:
                 if sample is not None:
                     baseline = record(baseline, sample)
             if baseline.samples == (start.samples if start else 0):
-                return _fail(args, EXIT_RETRY, [
-                    "the modem saw no network in any reading, so there is nothing to record; "
-                    "check its antenna and SIM (`cpe-agent modem`) and record again."])
+                return _fail(
+                    args,
+                    EXIT_RETRY,
+                    [
+                        "the modem saw no network in any reading, so there is nothing to record; "
+                        "check its antenna and SIM (`cpe-agent modem`) and record again."
+                    ],
+                )
         else:
             baseline = asyncio.run(_record_from_modem(settings, args, clock, start))
             source = "modem"
@@ -342,13 +369,18 @@ def _location_record(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     if getattr(args, "json", False):
-        print(json.dumps({"ok": True, "source": source, "baseline": baseline.to_dict()},
-                         sort_keys=True))
+        print(
+            json.dumps(
+                {"ok": True, "source": source, "baseline": baseline.to_dict()}, sort_keys=True
+            )
+        )
     else:
         d = baseline.to_dict()
-        print(f"Recorded the site from {d['samples']} readings ({source}): networks "
-              f"{', '.join(d['plmns']) or 'none'}, TACs {d['tacs']}, eNBs {d['enb_ids']}"
-              f"{', with a GNSS fix' if d['gnss'] else ''}.")
+        print(
+            f"Recorded the site from {d['samples']} readings ({source}): networks "
+            f"{', '.join(d['plmns']) or 'none'}, TACs {d['tacs']}, eNBs {d['enb_ids']}"
+            f"{', with a GNSS fix' if d['gnss'] else ''}."
+        )
     return EXIT_OK
 
 

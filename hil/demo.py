@@ -71,6 +71,103 @@ class FleetSubscriber:
         self.proc.terminate()
 
 
+SMTP_PORT = 2525
+FLEET_TOML = """[mqtt]
+host = "{broker}"
+port = {port}
+tls = false
+
+[smtp]
+host = "{broker}"
+port = {smtp_port}
+from_address = "cpe-alerts@provider.example"
+
+[notifier]
+client_id = "demo-notifier"
+state_file = "{work}/notifier.db"
+sites_file = "{work}/sites.toml"
+support_emails = ["noc@provider.example"]
+retry_s = 2
+"""
+SITES_TOML = """[sites.lab-site-1]
+name = "The lab's business site"
+emails = ["office@customer.example"]
+"""
+
+
+class Mailroom:
+    """The provider's notifier (`cpe-agent fleet notify`) and a real SMTP server
+    (aiosmtpd) at the provider, printing what it receives."""
+
+    def __init__(self, lab: Lab, work: Path) -> None:
+        self.out = work / "smtp.log"
+        (work / "fleet.toml").write_text(
+            FLEET_TOML.format(
+                broker=t.MQTT_ADDRESS, port=t.MQTT_PORT, smtp_port=SMTP_PORT, work=work
+            )
+        )
+        (work / "sites.toml").write_text(SITES_TOML)
+        lab.spawn(
+            "sbc",
+            [
+                sys.executable,
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                f"{t.MQTT_ADDRESS}:{SMTP_PORT}",
+                "-c",
+                "aiosmtpd.handlers.Debugging",
+            ],
+            name="smtp",
+            stdout=self.out.open("wb"),
+        )
+        cpe_agent = Path(sys.executable).with_name("cpe-agent")
+        lab.spawn(
+            "sbc",
+            [str(cpe_agent), "fleet", "notify", "--config", str(work / "fleet.toml")],
+            name="notifier",
+        )
+
+    def subjects(self) -> list[str]:
+        try:
+            text = self.out.read_text(errors="replace")
+        except OSError:
+            return []
+        subjects: list[str] = []
+        folding = False
+        for line in text.splitlines():
+            if line.startswith("Subject:"):
+                subjects.append(line.split(":", 1)[1].strip())
+                folding = True
+            elif folding and line[:1] in (" ", "\t"):  # a folded header goes on
+                subjects[-1] += " " + line.strip()
+            else:
+                folding = False
+        return subjects
+
+
+def show_mail(n: Narrator, mail: Mailroom, before: int) -> None:
+    """Wait (bounded) for the notifier's next e-mail and show its subject."""
+    if wait_until_quiet(lambda: len(mail.subjects()) > before, 15):
+        for subject in mail.subjects()[before:]:
+            n.say(f'e-mail to the customer and support: "{subject}"')
+    else:
+        n.say("no e-mail from the notifier yet (see its log in the lab's logs directory)")
+
+
+def show_modem(n: Narrator, voice: VoicePath) -> None:
+    def modem() -> Any:
+        return (voice.agent.status() or {}).get("modem")
+
+    if wait_until_quiet(modem, 15):
+        m = modem()
+        n.say(
+            f"LTE modem (simulated Quectel EC25 on a pty): coverage {m.get('coverage')}, "
+            f"RSRP {m.get('rsrp_dbm')} dBm, SINR {m.get('sinr_db')} dB, {m.get('registration')}"
+        )
+
+
 def run(dwell_s: float) -> int:
     n = Narrator()
     figures: dict[str, Any] = {}
@@ -83,6 +180,11 @@ def run(dwell_s: float) -> int:
             lab.up(mqtt=True)
             n.say(f"lab up; SBCs {', '.join(t.SBC_ADDRESSES.values())} answer SIP (sipp)")
             fleet = FleetSubscriber(lab, work / "fleet.log")
+            mail = Mailroom(lab, work)
+            n.say(
+                "the provider's notifier (cpe-agent fleet notify) and an SMTP server "
+                f"(aiosmtpd) at {t.MQTT_ADDRESS}:{SMTP_PORT}"
+            )
             n.say(
                 f"mosquitto broker at the provider ({t.MQTT_ADDRESS}:{t.MQTT_PORT}); "
                 "fleet subscriber on cpe/v1/#"
@@ -94,6 +196,7 @@ def run(dwell_s: float) -> int:
                 "for the demo (production default 120 s)"
             )
             show_links(n, voice.agent.status())
+            show_modem(n, voice)
             voice.start_stream()
             n.say(
                 f"phone streams RTP-like packets, 50/s, to SBC {SBC}: arriving from "
@@ -102,12 +205,16 @@ def run(dwell_s: float) -> int:
             n.say(f"LAN PC fetches {WEB_URL}: HTTP {lab.http_get('pc', WEB_URL)} via the primary")
 
             n.banner("1. silent blackhole upstream of the primary (its link stays up)")
-            figures["blackhole"] = cut_and_restore(n, lab, voice, fleet, ("blackhole",), "clear")
+            figures["blackhole"] = cut_and_restore(
+                n, lab, voice, fleet, mail, ("blackhole",), "clear"
+            )
 
             n.banner("2. the primary's cable pulled; the customer has a fallback route via LTE")
             lab.exec("cpe", ["ip", "route", "add", *FALLBACK_ROUTE], check=True)
             lab.exec("cpe", ["sysctl", "-qw", "net.ipv4.conf.all.ignore_routes_with_linkdown=1"])
-            figures["cable"] = cut_and_restore(n, lab, voice, fleet, ("down",), "up", web=True)
+            figures["cable"] = cut_and_restore(
+                n, lab, voice, fleet, mail, ("down",), "up", web=True
+            )
 
             n.banner("figures")
             for name, f in figures.items():
@@ -137,10 +244,12 @@ def cut_and_restore(
     lab: Lab,
     voice: VoicePath,
     fleet: FleetSubscriber,
+    mail: Mailroom,
     impair: tuple[str, ...],
     restore: str,
     web: bool = False,
 ) -> dict[str, Any]:
+    mails = len(mail.subjects())
     failovers = len(voice.agent.events("failover"))
     failbacks = len(voice.agent.events("failback"))
     start_line = voice.line_count()
@@ -181,12 +290,12 @@ def cut_and_restore(
             "(web traffic is never moved to LTE)"
         )
     show_fleet(n, fleet, "failover")
+    show_mail(n, mail, mails)
+    mails = len(mail.subjects())
     lab.impair("primary", restore)
     if web:
         lab.exec("cpe", ["ip", "route", "del", *FALLBACK_ROUTE])
-    n.say(
-        f"restored: primary {restore}; the agent waits until its 10 s quality window is clean"
-    )
+    n.say(f"restored: primary {restore}; the agent waits until its 10 s quality window is clean")
     voice.agent.wait_mode("RECOVERING", 30)
     n.say("agent: RECOVERING (primary healthy, dwelling before failback)")
     wait_until(lambda: len(voice.agent.events("failback")) > failbacks, 120, "the failback")
@@ -197,6 +306,7 @@ def cut_and_restore(
         f"RTP from {PRIMARY_SOURCE} again; web: HTTP {lab.http_get('pc', WEB_URL)}"
     )
     show_fleet(n, fleet, "failback")
+    show_mail(n, mail, mails)
     return {
         "gap_s": gaps.failover_gap_s or 0.0,
         "lost": gaps.lost,

@@ -49,6 +49,11 @@ def render_agent_config(lab_dir: Path) -> str:
             "# (production defaults: primary_interval_s = 0.25, down_after_s = 1.0).",
         ], {"primary_interval_s": 0.2, "down_after_s": 0.8}),
         ("failover", ["# Shortened for the lab (production default 120 s)."], {"dwell_s": 10}),
+        ("modem", ["# The simulated LTE modem (hil/sims/at_modem.py) on a pty."], {
+            "driver": "at",
+            "port": str(lab_dir / "modem.tty"),
+            "poll_s": 5.0,
+        }),
         ("mqtt", ["# The lab's broker listens without TLS on the provider's address."], {
             "host": t.MQTT_ADDRESS,
             "port": t.MQTT_PORT,

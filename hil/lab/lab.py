@@ -39,6 +39,10 @@ REQUIRED_TOOLS = ("ip", "nft", "sysctl", "tc")
 READY_TIMEOUT_S = 5.0
 
 
+#: The simulated LTE modem's pty, as a link in the lab directory.
+MODEM_LINK_NAME = "modem.tty"
+
+
 class LabError(RuntimeError):
     """The lab cannot do what was asked; the message says what is wrong and what to do."""
 
@@ -158,6 +162,15 @@ class Lab:
              "--directory", str(self.lab_dir / "www")],
             name="web",
         )
+        # The LTE modem on the CPE's USB port: the AT simulator on a real pty, linked at a
+        # fixed path the agent's config names.
+        modem_link = self.lab_dir / MODEM_LINK_NAME
+        self.spawn(
+            t.CPE,
+            [sys.executable, "-m", "hil.sims.at_modem", "--profile", "quectel-ec25",
+             "--link", str(modem_link), "--boot-s", "0.5"],
+            name="modem",
+        )
         wanted = {name: (t.SBC, "udp", a, t.SIP_PORT) for name, a in t.SBC_ADDRESSES.items()}
         wanted["web"] = (t.WEB, "tcp", t.WEB_ADDRESS, t.WEB_PORT)
         if mqtt:
@@ -169,6 +182,8 @@ class Lab:
             self.spawn(t.SBC, ["mosquitto", "-c", str(conf)], name="mqtt")
             wanted["mqtt"] = (t.SBC, "tcp", t.MQTT_ADDRESS, t.MQTT_PORT)
         self._wait_listening(wanted)
+        if not wait_until(modem_link.exists, 10):
+            raise LabError(f"the simulated modem did not start; see {self.log_dir}/modem.log")
 
     def _wait_listening(self, wanted: dict[str, tuple[str, str, str, int]]) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -105,3 +105,23 @@ async def test_running_agent_reports_the_modem_and_a_vanished_sim(tmp_path):
             stop.set()
             await asyncio.wait_for(running, 10)
             store.close()
+
+
+def test_modem_on_the_bench_by_port_without_a_config_file(capsys):
+    with AtModemSim("sierra-em7455", boot_s=0.1) as sim:
+        code = cli.main(
+            [
+                "modem",
+                "--port",
+                sim.path,
+                "--vendor",
+                "sierra",
+                "--json",
+                "--config",
+                "/nonexistent/agent.toml",
+            ]
+        )
+    assert code == cli.EXIT_OK
+    out = json.loads(capsys.readouterr().out)
+    assert out["coverage"] in ("excellent", "good", "fair", "poor", "no_service")
+    assert out["identity"]["imei"]

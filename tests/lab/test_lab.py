@@ -289,7 +289,7 @@ def test_up_is_idempotent_and_down_leaves_nothing_even_after_a_crash() -> None:
     lab = Lab(prefix=prefix).up()
     try:
         daemons = [int(p.read_text().split()[0]) for p in lab.pid_dir.glob("*.pid")]
-        assert len(daemons) == 4
+        assert len(daemons) == 5  # three SBCs, the web server, the simulated modem
         # Something the lab did not record, still inside one of its namespaces.
         stray = lab.spawn(t.CPE, ["sleep", "300"])
         assert lab.ping(t.PHONE, t.SBC_EAST, timeout_s=2.0)
