@@ -520,3 +520,46 @@ async def test_mutual_tls(tmp_path, store, caplog):
             assert not untrusting.connected
     finally:
         broker.close()
+
+
+async def test_broker_down_for_two_minutes_then_everything_delivered_in_order(mosquitto, store):
+    """A long outage: the client's back-off reaches its cap (here 5 s) and keeps trying;
+    events made every 30 s meanwhile all arrive, in order, once the broker is back."""
+    relay = TcpRelay(mosquitto.host, mosquitto.port)
+    await relay.release()
+    settings = MqttSection(host=relay.host, port=relay.port, tls=False)
+    options = MqttOptions(
+        will_delay_s=0,
+        reconnect_base_s=0.5,
+        reconnect_max_s=5.0,
+        stable_after_s=0.0,
+        connect_timeout_s=3.0,
+        poll_s=0.2,
+        drain_on_stop_s=1.0,
+    )
+    outage_s, every_s = 120.0, 30.0
+    try:
+        with subscriber(mosquitto, [EVT]) as sub:
+            client = TelemetryClient(settings, DEVICE, store, options=options)
+            async with running(client):
+                first = append(store, n=0)
+                await until(lambda: sub.seqs() == [first], "the first event")
+                mosquitto.stop()
+                await relay.hold()
+                await until(lambda: not client.connected, "the client to notice")
+                meanwhile = []
+                for n in range(1, int(outage_s / every_s) + 1):
+                    await asyncio.sleep(every_s)  # the outage's length is the scenario
+                    meanwhile.append(append(store, n=n))
+                assert unpublished(store) == meanwhile
+                attempts_during_outage = client.connects
+                mosquitto.start()
+                await until(lambda: sub.subacks == 2, "the fleet side to subscribe again")
+                await relay.release()
+                await until(
+                    lambda: sub.seqs() == [first, *meanwhile], "the queued events", timeout_s=30
+                )
+                await until(lambda: not unpublished(store), "the queued events marked")
+                assert client.connects == attempts_during_outage + 1
+    finally:
+        await relay.close()
