@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.domain import Event, EventKind
+from agent.sqlite_file import SqliteFile
 
 log = logging.getLogger(__name__)
 
@@ -100,38 +100,18 @@ class StoredCommand:
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._file = SqliteFile(
+            path, SCHEMA, error=StoreError, what="the state database", synchronous_full=True
+        )
+        self._lock = self._file.lock
+        self._db = self._file.db
         self._listeners: list[Callable[[int], None]] = []
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(
-                f"cannot open the state database {path} ({exc}); "
-                "check that the disk has space and the directory is writable."
-            ) from exc
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise StoreError(
-                    f"cannot write the state database {self.path} ({exc}); "
-                    "free disk space or fix the storage."
-                ) from exc
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._file.transaction()
 
     def get(self, key: str) -> Any:
         with self._lock:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from agent.sqlite_file import SqliteFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
@@ -62,37 +62,15 @@ class Mail:
 class NotifierState:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise StateError(
-                f"cannot open the notifier's state {path} ({exc}); "
-                "check that the directory exists and is writable."
-            ) from exc
+        self._file = SqliteFile(path, SCHEMA, error=StateError, what="the notifier's state")
+        self._lock = self._file.lock
+        self._db = self._file.db
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise StateError(f"cannot write the notifier's state {self.path} ({exc})") from exc
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._file.transaction()
 
     # -- inside a transaction -------------------------------------------------------------
 

@@ -26,3 +26,15 @@ def test_unwritable_location_is_one_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(StoreError, match="cannot open the state database"):
         Store(blocker / "sub" / "a.db")
+
+
+def test_a_failed_write_leaves_no_transaction_open(tmp_path):
+    """Whatever is raised inside a write, the next write works (no half-open BEGIN)."""
+    from agent.domain import Event as Ev
+
+    store = Store(tmp_path / "a.db")
+    with pytest.raises(TypeError):
+        store.append_event(Ev(EventKind.FAILOVER, 1.0, {"not json": object()}))
+    store.put("k", 1)
+    assert store.get("k") == 1
+    store.close()
