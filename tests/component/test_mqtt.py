@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from agent.telemetry.mqtt import (
     backoff_delay_s,
 )
 from agent.telemetry.outbox import EPOCH_KEY, Outbox
-from tests.helpers.mosquitto import Mosquitto, TcpRelay, make_tls_files, mosquitto
+from tests.helpers.mosquitto import Mosquitto, TcpRelay, make_tls_files, mosquitto, until
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICE = "site-42"
@@ -138,17 +138,6 @@ def subscriber(broker: Mosquitto, topics: list[str], **kwargs: Any) -> Iterator[
         yield sub
     finally:
         sub.close()
-
-
-async def until(check: Callable[[], Any], what: str, timeout_s: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def settings_for(broker: Mosquitto, **overrides: Any) -> MqttSection:

@@ -11,7 +11,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -21,34 +21,11 @@ from drivers.router.routeros.driver import RouterOSDriver
 from drivers.types import VoipPath
 from hil.sims.routeros import RouterOSSim
 from tests.contract.harness import PASSWORD, SBC, USER, eventually, routeros_policy, untagged
+from tests.helpers.routeros import make_driver
 
 POLICY = routeros_policy()
 
 
-@pytest.fixture(params=["6.49", "7.18"])
-def sim(request: pytest.FixtureRequest) -> Iterator[RouterOSSim]:
-    with RouterOSSim(profile=request.param, user=USER, password=PASSWORD,
-                     ping_time_scale=0.02) as s:
-        yield s
-
-
-def make_driver(sim: RouterOSSim, **options: object) -> RouterOSDriver:
-    host, port = sim.address
-    settings: dict[str, object] = dict(host=host, port=port, username=USER, password=PASSWORD,
-                                       plain_api=True, timeout_s=1.0, backoff_min_s=0.01,
-                                       backoff_max_s=0.05)
-    settings.update(options)
-    return RouterOSDriver(**settings)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def driver(sim: RouterOSSim) -> AsyncIterator[RouterOSDriver]:
-    made = make_driver(sim)
-    await made.open()
-    try:
-        yield made
-    finally:
-        await made.close()
 
 
 def tagged(sim: RouterOSSim) -> list[str]:
