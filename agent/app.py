@@ -11,19 +11,23 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
 from agent import sdnotify
 from agent.clock import Clock
 from agent.config import ConfigError, Settings, read_secret
+from agent.control import ControlServer
 from agent.coverage import grade as coverage_grade
+from agent.installer.service import TestBusyError
+from agent.instance import instance_lock
 from agent.meter.meter import Meter
 from agent.modem import figures as modem_figures
 from agent.runtime import Agent, build_policy, fsm_config
 from agent.status import clear_status
 from agent.store import Store
-from agent.telemetry.commands import AgentHooks, CommandHandler
+from agent.telemetry.commands import AgentHooks, CommandFailed, CommandHandler
 from agent.telemetry.mqtt import TelemetryClient, TelemetryError
 from drivers import registry
 from drivers.modem.base import ModemDriver
@@ -119,14 +123,35 @@ async def remove_router_config(settings: Settings) -> int:
 
 
 async def run_agent(
-    settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+    then: Callable[[Agent], Awaitable[None]] | None = None,
+    handle_signals: bool = True,
 ) -> None:
+    """Run the agent until `stop` (or SIGTERM/SIGINT).
+
+    `then`, when given, runs once the agent has started; the agent stops when it
+    returns (`cpe-agent failover-test` with no agent running: the test in-process).
+    """
     clock = clock or Clock()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
+    if handle_signals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+    with instance_lock(settings.agent.state_dir):
+        await _run_locked(settings, clock, stop, then)
+
+
+async def _run_locked(
+    settings: Settings,
+    clock: Clock,
+    stop: asyncio.Event,
+    then: Callable[[Agent], Awaitable[None]] | None,
+) -> None:
     store = Store(settings.agent.state_dir / "agent.db")
     telemetry: TelemetryClient | None = None
     telemetry_tasks: list[asyncio.Task[None]] = []
@@ -154,7 +179,7 @@ async def run_agent(
                     apply_thresholds=agent.apply_thresholds,
                     current_thresholds=agent.current_thresholds,
                     reset_meter=lambda reason: meter.reset(reason, by="fleet"),
-                    run_failover_test=None,  # the installer's test is a later issue
+                    run_failover_test=lambda duration_s: _fleet_test(agent, duration_s),
                 ),
                 clock,
             )
@@ -168,14 +193,37 @@ async def run_agent(
                 asyncio.create_task(telemetry.run(stop), name="mqtt"),
                 asyncio.create_task(commands.run(stop), name="mqtt-commands"),
             ]
+        control = ControlServer(agent)
+        await control.start()
         sdnotify.notify("READY=1")
-        await agent.run_until(stop)
+        if then is not None:
+            telemetry_tasks.append(asyncio.create_task(_then_stop(then, agent, stop)))
+        try:
+            await agent.run_until(stop)
+        finally:
+            await control.close()
     finally:
         stop.set()
         await asyncio.gather(*telemetry_tasks, return_exceptions=True)
         await router.close()
         store.close()
         clear_status(settings.agent.runtime_dir)
+
+
+async def _then_stop(
+    then: Callable[[Agent], Awaitable[None]], agent: Agent, stop: asyncio.Event
+) -> None:
+    try:
+        await then(agent)
+    finally:
+        stop.set()
+
+
+async def _fleet_test(agent: Agent, duration_s: float) -> dict[str, Any]:
+    try:
+        return await agent.installer.run_for_fleet(duration_s)
+    except TestBusyError as exc:
+        raise CommandFailed(str(exc)) from exc
 
 
 __all__ = [

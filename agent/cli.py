@@ -8,6 +8,9 @@ Exit codes (documented in the README):
   3 the device needs a person (credentials, permissions, missing interface),
     or the agent is not running
   4 a transient device error (timeout, connection lost): try again
+`cpe-agent failover-test` adds its verdicts (docs/installer.md):
+  5 WARN, 6 FAIL, 7 refused (a call in progress, or the site not in its normal state),
+  130 stopped with Ctrl-C (the normal state restored)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings
+from agent.instance import AlreadyRunningError
 from agent.status import STALE_AFTER_S, read_status, render_status
 from agent.store import StoreError
 from drivers.errors import DriverError, NeedsHumanError, UnsupportedError
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, EXIT_NEEDS_HUMAN, [f"{exc} {exc.remedy}"])
     except DriverError as exc:
         return _fail(args, EXIT_RETRY, [f"{exc} {exc.remedy}"])
-    except StoreError as exc:
+    except (StoreError, AlreadyRunningError) as exc:
         return _fail(args, EXIT_NEEDS_HUMAN, [str(exc)])
     except KeyboardInterrupt:
         return 130
@@ -105,6 +109,21 @@ def _parser() -> argparse.ArgumentParser:
         help="ask a modem directly, no config file: a device path, a pty or socket://host:port",
     )
     p.add_argument("--vendor", choices=["quectel", "sierra", "telit"], help="with --port")
+    p = add(
+        "failover-test",
+        "the installer's test: pre-checks, a forced failover to LTE and back, a verdict",
+        _cmd_failover_test,
+    )
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument(
+        "--force", action="store_true", help="run even while a call is in progress (the call drops)"
+    )
+    p.add_argument(
+        "--max-duration-s",
+        type=float,
+        default=None,
+        help="a shorter time bound than [installer] max_duration_s (at least 20)",
+    )
     p = add("demo", "run the demo in the virtual lab (root, Debian; needs a checkout)", _cmd_demo)
     p.add_argument("--dwell-s", type=float, default=8.0, help="shortened failback dwell")
     p = add(
@@ -212,6 +231,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(settings)
     asyncio.run(run_agent(settings))
     return EXIT_OK
+
+
+def _cmd_failover_test(args: argparse.Namespace) -> int:
+    from agent.installer.command import TestCommandError, run_command
+
+    settings = _load(args)
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="cpe-agent: %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return asyncio.run(
+            run_command(
+                settings, force=args.force, max_duration_s=args.max_duration_s, as_json=args.json
+            )
+        )
+    except (TestCommandError, AlreadyRunningError) as exc:
+        return _fail(args, EXIT_NEEDS_HUMAN, [str(exc)])
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

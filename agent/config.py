@@ -329,6 +329,29 @@ class LocationSection(_Section):
         return value
 
 
+class InstallerSection(_Section):
+    """The installer's failover test (`cpe-agent failover-test`, docs/installer.md)."""
+
+    #: The whole test, failback included, ends within this (the providers allow 2 min).
+    max_duration_s: float = Field(default=120.0, ge=20, le=600)
+    #: The test's own traffic over LTE stays under this many bytes (shown in the report).
+    max_lte_bytes: int = Field(default=500_000, ge=50_000, le=20_000_000)
+    #: UDP echo responders (RFC 862) for the RTP-sized round trips and the capacity
+    #: estimate; empty: each SBC address at `echo_port`.
+    echo_hosts: list[ipaddress.IPv4Address] = Field(default_factory=list)
+    echo_port: int = Field(default=7, ge=1, le=65535)
+    #: RTP-sized datagrams per link (50 = one second of 20 ms G.711 packets).
+    rtp_packets: int = Field(default=50, ge=10, le=500)
+    #: Bandwidth of one call for the capacity estimate (G.711 with IP/UDP/RTP, both ways).
+    call_kbps: float = Field(default=90.0, gt=0, le=1000)
+    #: Fewer simultaneous calls than this over LTE is a warning (the site's busiest hour).
+    expected_calls: int = Field(default=2, ge=1, le=500)
+    #: A MOS below this on a link fails the test (G.107: below 3.1 most users complain).
+    fail_mos: float = Field(default=3.1, ge=1, le=4.5)
+    #: A forced switch slower than this is a warning.
+    warn_switch_ms: float = Field(default=2000.0, gt=0)
+
+
 class Settings(BaseSettings):
     """The whole configuration; one model per TOML section."""
 
@@ -350,6 +373,7 @@ class Settings(BaseSettings):
     mqtt: MqttSection = MqttSection()
     modem: ModemSection = ModemSection()
     location: LocationSection = LocationSection()
+    installer: InstallerSection = InstallerSection()
 
     @classmethod
     def settings_customise_sources(
@@ -373,6 +397,11 @@ class Settings(BaseSettings):
                 "the [router] connection, so it needs router driver 'routeros'"
             )
         return self
+
+    def echo_targets(self) -> list[tuple[str, int]]:
+        """Where the installer's test sends its RTP-sized round trips (UDP echo)."""
+        hosts = self.installer.echo_hosts or self.voip.sbc_addresses
+        return [(str(h), self.installer.echo_port) for h in hosts]
 
     def probe_targets(self) -> list[str]:
         targets = self.health.icmp_targets or self.voip.sbc_addresses

@@ -17,9 +17,10 @@ from agent.clock import Clock
 from agent.config import Settings
 from agent.coverage import Coverage
 from agent.domain import Event, EventKind, LinkRole, Mode, Verdict
-from agent.failover.controller import FailoverController
-from agent.failover.fsm import FsmConfig, Observation
+from agent.failover.controller import FailoverController, Transition
+from agent.failover.fsm import FsmConfig, InstallerTestSignal, Observation
 from agent.health import wiring as health_wiring
+from agent.installer.service import InstallerService
 from agent.meter.meter import Meter
 from agent.modem import figures as modem_figures
 from agent.modem.location_watch import LocationWatch, policy_of
@@ -133,6 +134,9 @@ class Agent:
             settings.links.cellular.interface: LinkRole.CELLULAR,
         }
         self.monitor: Any = None
+        #: Each link's source address, as the probes bind it (None beside a MikroTik).
+        self.link_sources: dict[str, str | None] = {}
+        self.installer = InstallerService(self)
 
     async def start(self) -> None:
         await self.router.apply_policy(self.policy)
@@ -146,6 +150,7 @@ class Agent:
             status = await self.router.link_status(link.interface)
             # LinkStatus gives CIDR ('198.51.100.2/30'); probes bind to the bare address.
             sources[role] = status.addresses[0].split("/")[0] if status.addresses else None
+        self.link_sources = sources
         self.monitor = health_wiring.build_monitor(
             self.settings, self.clock, self._on_assessment, sources, self.router
         )
@@ -357,6 +362,38 @@ class Agent:
         except DriverError as exc:
             log.error("failover action failed: %s", exc)
             return
+        self._after(transition)
+
+    async def installer_signal(self, signal: InstallerTestSignal) -> Transition | None:
+        """Start or end the installer test's forced failover (the table's TEST rows).
+
+        Raises the driver's error when the router does not take the change: the test
+        reports it, and restores.
+        """
+        observation = replace(self.observation(), test=signal)
+        transition = await self.controller.observe(observation, self.evidence())
+        self._after(transition)
+        return transition
+
+    def link_verdict(self, role: LinkRole) -> Verdict:
+        return self._verdict(role)
+
+    def link_binding(self, role: LinkRole) -> tuple[str | None, str | None]:
+        """(source address, device) for a socket that must leave by one link.
+
+        Beside a MikroTik (a RouterPinger) the agent cannot bind to the router's links:
+        its datagrams follow the VoIP path, so they are measured in the mode they test.
+        """
+        if isinstance(self.router, RouterPinger):
+            return None, None
+        links = self.settings.links
+        link = links.primary if role is LinkRole.PRIMARY else links.cellular
+        source = self.link_sources.get(role.value)
+        if link.source_address:
+            source = str(link.source_address)
+        return source, link.interface
+
+    def _after(self, transition: Transition | None) -> None:
         if transition is not None:
             self.mode_since_wall_s = self.clock.wall()
             log.info(

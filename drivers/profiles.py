@@ -123,8 +123,17 @@ class RouterProfile:
         return value
 
     def describe(self) -> str:
-        model = self.model.name if self.model else f"unknown model {self.board_name!r}"
-        return f"{model}, {self.os_line.os} {'.'.join(map(str, self.version))}"
+        """One line for a person (the log, `RouterState.profile`): which model, OS line
+        and version were matched, and from which files, so a wrong match can be traced to
+        the file that made it. E.g. "RB2011UiAS on routeros 7.18.2 (line 7): rb2011.toml,
+        os-7.toml"; an unknown board says so and names only the OS line's file."""
+        version = ".".join(map(str, self.version))
+        line = self.os_line
+        if self.model is None:
+            return (f"unknown model {self.board_name!r} on {line.os} {version} "
+                    f"(line {line.line} defaults): {line.source or '?'}")
+        return (f"{self.model.name} on {line.os} {version} (line {line.line}): "
+                f"{self.model.source or '?'}, {line.source or '?'}")
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,19 @@ class RouterState:
     #: driver cannot tell them apart.
     voice_bytes: int | None = None
     agent_bytes: int | None = None
+    #: True when a SIP ALG/helper on the router rewrites SIP (it breaks registrations and
+    #: gives one-way audio, and its NAT bindings outlive a failover); False when the driver
+    #: checked and it is off; None when the driver cannot tell. It is read as found: the
+    #: RouterOS driver turns the helper off on apply (after that, True means someone turned
+    #: it back on); the Linux driver only reports it (it is the customer's configuration).
+    sip_helper_on: bool | None = None
+    #: One line naming the firmware profile the driver matched, for a person (model, OS
+    #: line and version, the profile files); None when the driver has no profiles.
+    profile: str | None = None
+    #: True: a profile for this exact model was found; False: none for this model, so the
+    #: OS line's defaults are in use (worth telling the provider); None: the driver has no
+    #: profiles (Linux).
+    profile_matched: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,10 @@ class Monitor:
     def policy(self, role: str) -> HealthPolicy:
         return self._link(role).spec.policy
 
+    def spec(self, role: str) -> LinkSpec:
+        """The link's probes and targets (the installer test borrows its SIP prober)."""
+        return self._link(role).spec
+
     def interval_s(self, role: str) -> float:
         return self._link(role).interval_s
 

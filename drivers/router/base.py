@@ -38,7 +38,9 @@ class RouterDriver(Protocol):
         """Send VoIP by the primary or by the cellular link. Idempotent."""
 
     async def read_state(self) -> RouterState:
-        """Read back from the device what is installed and which path VoIP takes."""
+        """Read back from the device what is installed and which path VoIP takes, and
+        what an installer checks before trusting it: whether a SIP helper rewrites SIP,
+        and which firmware profile matched (RouterState documents each field)."""
 
     async def remove_all(self) -> int:
         """Remove everything the agent installed; return the number of items removed."""

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             agent = REPO_ROOT / ".venv" / "bin" / "cpe-agent"
             print(f"lab {lab.prefix!r} is up in {time.monotonic() - started:.1f} s "
                   f"({len(lab.namespaces())} namespaces; SBCs "
-                  f"{', '.join(t.SBC_ADDRESSES.values())} answering SIP; web {t.WEB_ADDRESS})")
+                  f"{', '.join(t.SBC_ADDRESSES.values())} answering SIP and UDP echo on port "
+                  f"{t.ECHO_PORT}; web {t.WEB_ADDRESS})")
             if args.mqtt:
                 print(f"mqtt broker: {t.MQTT_ADDRESS}:{t.MQTT_PORT} (mosquitto, no TLS)")
             print(f"agent config: {lab.config_path}")

@@ -104,8 +104,9 @@ class Lab:
 
     def up(self, *, mqtt: bool = False) -> Lab:
         """Build the lab from scratch (removing leftovers with this prefix first), start the
-        SBC SIP peers and the web server (and a mosquitto broker when `mqtt`), write the
-        agent's config. Raises LabError, having cleaned up, when anything fails."""
+        SBC SIP peers, a UDP echo responder beside each, and the web server (and a
+        mosquitto broker when `mqtt`), write the agent's config. Raises LabError, having
+        cleaned up, when anything fails."""
         self._preflight(mqtt)
         self.down()
         try:
@@ -156,6 +157,13 @@ class Lab:
                 error_file=self.log_dir / f"{name}.errors.log",
             )
             self.spawn(t.SBC, argv, name=name)
+            # Beside each SBC, the provider's UDP echo responder (RFC 862) on port 7.
+            self.spawn(
+                t.SBC,
+                [sys.executable, "-m", "hil.sims.udp_echo", "--bind", address,
+                 "--port", str(t.ECHO_PORT)],
+                name=echo_name(name),
+            )
         self.spawn(
             t.WEB,
             [sys.executable, "-m", "http.server", str(t.WEB_PORT), "--bind", t.WEB_ADDRESS,
@@ -172,6 +180,9 @@ class Lab:
             name="modem",
         )
         wanted = {name: (t.SBC, "udp", a, t.SIP_PORT) for name, a in t.SBC_ADDRESSES.items()}
+        wanted.update(
+            {echo_name(name): (t.SBC, "udp", a, t.ECHO_PORT) for name, a in t.SBC_ADDRESSES.items()}
+        )
         wanted["web"] = (t.WEB, "tcp", t.WEB_ADDRESS, t.WEB_PORT)
         if mqtt:
             conf = self.lab_dir / "mosquitto.conf"
@@ -402,6 +413,11 @@ class Lab:
                 f"lab step '{step.why}' failed: {' '.join(argv)}: {result.stderr.strip()}"
             )
         return result
+
+
+def echo_name(sbc_name: str) -> str:
+    """The echo responder's process name beside an SBC ('sbc-east' -> 'echo-east')."""
+    return "echo-" + sbc_name.removeprefix("sbc-")
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:

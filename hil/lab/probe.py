@@ -7,7 +7,8 @@ iputils or curl: the checks are the standard library (ICMP uses a raw socket: ro
     python -m hil.lab.probe ping 203.0.113.10 [--count N] [--timeout S]
     python -m hil.lab.probe sip-options 203.0.113.10 [--port 5060] [--timeout S]
     python -m hil.lab.probe http http://203.0.113.80/ [--timeout S]
-    python -m hil.lab.probe udp 203.0.113.10 5060 < datagram   # prints the first reply
+    python -m hil.lab.probe udp 203.0.113.10 5060 [--source ADDR] [--device IF] < datagram
+                                                       # prints the first reply and its sender
 """
 
 from __future__ import annotations
@@ -99,15 +100,32 @@ def parse_sip_response(text: str) -> dict:
             "reason": reason, "headers": headers}
 
 
-def udp_exchange(address: str, port: int, payload: bytes, timeout_s: float = 1.0) -> bytes | None:
+def udp_exchange(
+    address: str,
+    port: int,
+    payload: bytes,
+    timeout_s: float = 1.0,
+    *,
+    source: str | None = None,
+    device: str | None = None,
+) -> tuple[bytes, str] | None:
+    """One datagram and the first reply with its sender ("addr:port"); None if none.
+
+    `source` and `device` bind the socket to one link, as the agent's probes are bound
+    (SO_BINDTODEVICE and the link's address, which selects its routing table)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout_s)
+        if device:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode() + b"\0")
+        if source:
+            sock.bind((source, 0))
         sock.connect((address, port))
         sock.send(payload)
         try:
-            return sock.recv(65535)
+            data, sender = sock.recvfrom(65535)
         except (TimeoutError, OSError):
             return None
+        return data, f"{sender[0]}:{sender[1]}"
 
 
 def sip_options(address: str, port: int = 5060, timeout_s: float = 1.0) -> dict:
@@ -161,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("address")
     u.add_argument("port", type=int)
     u.add_argument("--timeout", type=float, default=1.0)
+    u.add_argument("--source", help="bind to this local address")
+    u.add_argument("--device", help="bind to this interface (SO_BINDTODEVICE)")
     args = parser.parse_args(argv)
 
     if args.command == "ping":
@@ -173,9 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         result = http_get(args.url, args.timeout)
         ok = result["status"] is not None
     else:
-        reply = udp_exchange(args.address, args.port, sys.stdin.buffer.read(), args.timeout)
-        result = {"reply": reply.decode(errors="replace") if reply is not None else None}
-        ok = reply is not None
+        answer = udp_exchange(args.address, args.port, sys.stdin.buffer.read(), args.timeout,
+                              source=args.source, device=args.device)
+        result = {"reply": None, "from": None}
+        if answer is not None:
+            result = {"reply": answer[0].decode(errors="replace"), "from": answer[1]}
+        ok = answer is not None
     print(json.dumps(result))
     return 0 if ok else 1
 

@@ -101,6 +101,8 @@ MQTT_ADDRESS = "203.0.113.30"
 MQTT_PORT = 1883
 SIP_PORT = 5060
 RTP_PORT = 16384
+#: UDP echo (RFC 862) on every SBC address: the installer's test measures voice with it.
+ECHO_PORT = 7
 
 # --- a web host on the internet ----------------------------------------------------------
 WEB_UP_IF = "up0"

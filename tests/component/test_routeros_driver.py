@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers import profiles
 from drivers.errors import NeedsHumanError, RetryableError, UnsupportedError
 from drivers.router.routeros import commands as c
 from drivers.router.routeros.driver import RouterOSDriver
@@ -115,6 +116,34 @@ async def test_least_privilege_group_is_enough(sim: RouterOSSim,
         assert await driver.remove_all() > 0
     assert "more rights than the agent needs" not in caplog.text
     await driver.close()
+
+
+async def test_read_state_names_the_matched_profile(sim: RouterOSSim,
+                                                   driver: RouterOSDriver) -> None:
+    state = await driver.read_state()
+    line = "7" if sim.profile.v7 else "6.49"
+    assert state.profile_matched is True
+    assert state.profile == (f"RB2011UiAS on routeros {sim.profile.firmware} (line {line}): "
+                             f"rb2011.toml, os-{line}.toml")
+
+
+async def test_an_unknown_board_reads_profile_not_matched(sim: RouterOSSim,
+                                                         tmp_path: Path) -> None:
+    # Profiles that know the OS lines but no model: this RB2011 is an unknown board.
+    shipped = Path(profiles.DEFAULT_DIR, "router", "routeros")
+    (tmp_path / "router" / "routeros").mkdir(parents=True)
+    for os_file in shipped.glob("os-*.toml"):
+        shutil.copy(os_file, tmp_path / "router" / "routeros" / os_file.name)
+    driver = make_driver(sim, profiles_dir=tmp_path)
+    await driver.open()
+    try:
+        await driver.apply_policy(POLICY)  # the OS line's defaults are enough to work
+        state = await driver.read_state()
+        assert state.profile_matched is False and state.drift == ()
+        assert state.profile is not None
+        assert state.profile.startswith("unknown model 'RB2011UiAS' on routeros ")
+    finally:
+        await driver.close()
 
 
 async def test_unsupported_firmware_is_refused(sim: RouterOSSim, tmp_path: Path) -> None:
@@ -250,14 +279,31 @@ async def test_round_trips_apply_reapply_and_switch(sim: RouterOSSim,
 
 async def test_sip_helper_is_disabled_with_a_notice_and_watched(
         sim: RouterOSSim, driver: RouterOSDriver) -> None:
+    assert (await driver.read_state()).sip_helper_on is True  # the factory default, seen
     await driver.apply_policy(POLICY)
     state = await driver.read_state()
     assert any("disabled the router's SIP helper" in n for n in state.notices)
+    assert state.sip_helper_on is False
     sip = next(i for i in sim.items("/ip/firewall/service-port") if i["name"] == "sip")
     sim.db.set("/ip/firewall/service-port", {".id": sip[".id"], "disabled": "false"})
-    assert any("SIP helper" in d for d in (await driver.read_state()).drift)
+    state = await driver.read_state()
+    assert state.sip_helper_on is True
+    assert any("SIP helper" in d for d in state.drift)
     await driver.apply_policy(POLICY)
-    assert any("SIP helper" in n for n in (await driver.read_state()).notices)
+    state = await driver.read_state()
+    assert any("SIP helper" in n for n in state.notices)
+    assert state.sip_helper_on is False and state.drift == ()
+
+
+async def test_a_build_without_the_sip_service_port_reads_unknown(
+        sim: RouterOSSim, driver: RouterOSDriver) -> None:
+    with sim.db.lock:  # as on builds that list no `sip` service port
+        ports = sim.db.items["/ip/firewall/service-port"]
+        ports[:] = [i for i in ports if i.props.get("name") != "sip"]
+    await driver.apply_policy(POLICY)
+    state = await driver.read_state()
+    assert state.sip_helper_on is None  # cannot tell, not "off"
+    assert state.drift == () and not any("SIP helper" in n for n in state.notices)
 
 
 async def test_identity_rename_and_router_swap_are_reported(

@@ -116,6 +116,10 @@ class Harness:
     async def set_carrier(self, up: bool) -> None:
         pytest.skip(f"{self.name}: cannot pull a cable")
 
+    async def set_sip_helper(self, on: bool) -> None:
+        """Turn the router's SIP helper on or off as its owner would (not the agent)."""
+        pytest.skip(f"{self.name}: cannot turn the router's SIP helper on or off")
+
     async def close(self) -> None:
         for made in self._drivers:
             await made.close()
@@ -178,6 +182,11 @@ class RouterOSSimHarness(Harness):
 
     async def set_carrier(self, up: bool) -> None:
         self.sim.set_running(self.cellular, up)
+
+    async def set_sip_helper(self, on: bool) -> None:
+        sip = next(i for i in self.sim.items("/ip/firewall/service-port") if i["name"] == "sip")
+        self.sim.db.set("/ip/firewall/service-port",
+                        {".id": sip[".id"], "disabled": "false" if on else "true"})
 
     async def close(self) -> None:
         await super().close()
@@ -245,6 +254,15 @@ class LinuxHarness(Harness):
     async def set_carrier(self, up: bool) -> None:
         self.net.ns(self.net.far, "ip", "link", "set", "carrier0", "up" if up else "down")
 
+    async def set_sip_helper(self, on: bool) -> None:
+        """A customer's nftables `ct helper` of type sip in a table of their own."""
+        from tests.netns import test_linux_sip_helper as helper
+
+        if on:
+            helper.add_sip_helper(self.net.cpe)
+        else:
+            helper.remove_sip_helper(self.net.cpe)
+
     async def close(self) -> None:
         await super().close()
         if self.far is not None:
@@ -310,6 +328,10 @@ class RigHarness(Harness):
 
     async def flows(self) -> set[tuple[str, int]]:
         return set()
+
+    async def set_sip_helper(self, on: bool) -> None:
+        pytest.skip(f"{self.name}: the tests do not turn a real router's SIP helper on "
+                    "(it would break the site's calls until the next apply)")
 
     async def close(self) -> None:
         """Leave the router as it was found: the agent's items removed."""

@@ -70,6 +70,16 @@ async def test_drift_is_reported_and_apply_repairs_it(harness: Harness) -> None:
     assert await harness.customer_config() == customer
 
 
+async def test_read_state_reports_the_sip_helper(harness: Harness) -> None:
+    driver = await harness.driver()
+    await driver.apply_policy(harness.policy)
+    assert (await driver.read_state()).sip_helper_on is False
+    await harness.set_sip_helper(True)  # its owner turns it on (back on, on RouterOS)
+    assert (await driver.read_state()).sip_helper_on is True
+    await harness.set_sip_helper(False)
+    assert (await driver.read_state()).sip_helper_on is False
+
+
 async def test_set_path_on_a_clean_router_needs_a_policy(harness: Harness) -> None:
     driver = await harness.driver()
     await driver.remove_all()

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -205,6 +207,87 @@ def test_cellular_path_is_cgnat_and_can_be_blackholed(clean_lab: Lab) -> None:
         clean_lab.exec(t.CPE, ["ip", "route", "del", f"{t.SBC_CENTRAL}/32"])
 
 
+#: A routing table and rule priority of the tests' own (the agent is not running here).
+TEST_CELLULAR_TABLE = "4077"
+
+#: The installer's echo client, run inside the CPE's namespace on one link.
+ROUND_TRIPS_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, dataclasses, json, sys
+    from agent.clock import Clock
+    from agent.installer.echo import rtp_round_trips
+    host, port, source, device = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    clock = Clock()
+    figures = asyncio.run(rtp_round_trips(
+        (host, port), count=10, interval_s=0.02, timeout_s=0.5, source_address=source,
+        device=device, monotonic=clock.monotonic, sleep=clock.sleep))
+    print(json.dumps(dataclasses.asdict(figures)))
+    """
+)
+
+#: link -> (the CPE's interface, its address), as the agent binds its probes.
+LINK_BINDINGS = {
+    "primary": (t.PRIMARY_IF, t.PRIMARY_ADDRESS),
+    "cellular": (t.CELLULAR_IF, t.CELLULAR_ADDRESS),
+}
+
+
+@pytest.fixture
+def cellular_table(clean_lab: Lab) -> Iterator[Lab]:
+    """What the agent installs for its own traffic over LTE, for tests without the agent:
+    a table with a default route via the carrier, and a rule from the LTE address."""
+    cpe = t.CPE
+    clean_lab.exec(cpe, ["ip", "route", "replace", "default", "via", t.CELLULAR_GATEWAY,
+                         "dev", t.CELLULAR_IF, "table", TEST_CELLULAR_TABLE], check=True)
+    clean_lab.exec(cpe, ["ip", "rule", "add", "from", t.CELLULAR_ADDRESS, "lookup",
+                         TEST_CELLULAR_TABLE, "priority", TEST_CELLULAR_TABLE], check=True)
+    try:
+        yield clean_lab
+    finally:
+        clean_lab.exec(cpe, ["ip", "rule", "del", "priority", TEST_CELLULAR_TABLE])
+        clean_lab.exec(cpe, ["ip", "route", "flush", "table", TEST_CELLULAR_TABLE])
+
+
+@pytest.mark.parametrize("sbc", SBCS)
+def test_udp_echo_answers_the_cpe_over_each_link(cellular_table: Lab, sbc: str) -> None:
+    lab = cellular_table
+    for link, (ifname, source) in LINK_BINDINGS.items():
+        payload = f"cpe-lab echo over the {link} link to {sbc}"
+        result = lab.exec(t.CPE, Lab.python("hil.lab.probe", "udp", sbc, str(t.ECHO_PORT),
+                                            "--source", source, "--device", ifname,
+                                            "--timeout", "2"), input=payload)
+        answer = json.loads(result.stdout)
+        assert answer["reply"] == payload, f"no echo over the {link}: {result.stderr}"
+        assert answer["from"] == f"{sbc}:{t.ECHO_PORT}"
+    # The cellular datagram really crossed the carrier: its CGNAT tracked it.
+    entries = lab.exec(t.LTE, ["conntrack", "-L", "-p", "udp", "--dport",
+                               str(t.ECHO_PORT)]).stdout
+    assert any(f"dst={sbc}" in line and f"dst={t.CELLULAR_PUBLIC_ADDRESS}" in line
+               for line in entries.splitlines()), entries
+
+
+def _round_trips(lab: Lab, link: str, sbc: str = t.SBC_EAST) -> dict[str, Any]:
+    ifname, source = LINK_BINDINGS[link]
+    result = lab.exec(t.CPE, [sys.executable, "-c", ROUND_TRIPS_SCRIPT, sbc,
+                              str(t.ECHO_PORT), source, ifname], check=True)
+    figures: dict[str, Any] = json.loads(result.stdout)
+    return figures
+
+
+def test_installer_round_trips_over_each_link_and_a_blackholed_one(cellular_table: Lab) -> None:
+    lab = cellular_table
+    for link in LINK_BINDINGS:
+        figures = _round_trips(lab, link)
+        assert (figures["sent"], figures["received"], figures["loss_pct"]) == (10, 10, 0.0), link
+        assert (figures["bytes_sent"], figures["bytes_received"]) == (2000, 2000)
+        assert figures["mos"] > 4.0 and figures["detail"] is None
+    lab.impair("cellular", "blackhole")
+    dark = _round_trips(lab, "cellular")
+    assert (dark["received"], dark["loss_pct"], dark["mos"]) == (0, 100.0, None)
+    assert dark["detail"] == f"no reply from {t.SBC_EAST}:{t.ECHO_PORT}"
+    assert _round_trips(lab, "primary")["received"] == 10  # the primary is untouched
+
+
 def test_rate_limit_installs_tbf_both_ways_and_clear_removes_it(clean_lab: Lab) -> None:
     clean_lab.impair("primary", "rate", 256)
     found = clean_lab.status()["impairments"]["primary"]
@@ -260,6 +343,7 @@ def test_status_reports_everything_alive(clean_lab: Lab) -> None:
     info = clean_lab.status()
     assert all(info["namespaces"].values())
     assert {"sbc-east", "sbc-west", "sbc-central", "web"} <= set(info["processes"])
+    assert {"echo-east", "echo-west", "echo-central"} <= set(info["processes"])
     assert all(p["alive"] for p in info["processes"].values())
     assert info["carrier"] == {t.PRIMARY_IF: True, t.CELLULAR_IF: True}
     assert clean_lab.config_path.exists()
@@ -289,7 +373,8 @@ def test_up_is_idempotent_and_down_leaves_nothing_even_after_a_crash() -> None:
     lab = Lab(prefix=prefix).up()
     try:
         daemons = [int(p.read_text().split()[0]) for p in lab.pid_dir.glob("*.pid")]
-        assert len(daemons) == 5  # three SBCs, the web server, the simulated modem
+        # Three SBCs, an echo responder beside each, the web server, the simulated modem.
+        assert len(daemons) == 8
         # Something the lab did not record, still inside one of its namespaces.
         stray = lab.spawn(t.CPE, ["sleep", "300"])
         assert lab.ping(t.PHONE, t.SBC_EAST, timeout_s=2.0)

@@ -103,6 +103,19 @@ def test_identity_changes_are_sentences() -> None:
         "The router's RouterOS changed from 7.18.2 (stable) to 7.19 (stable)."]
 
 
+@pytest.mark.parametrize(("row", "on"), [
+    ({".id": "*5", "name": "sip", "disabled": "false"}, True),
+    ({".id": "*5", "name": "sip", "disabled": "no"}, True),
+    ({".id": "*5", "name": "sip", "disabled": "true"}, False),
+    ({".id": "*5", "name": "sip", "disabled": "yes"}, False),
+    ({".id": "*5", "name": "sip"}, None),  # disabled not printed: cannot tell
+    ({".id": "*5", "name": "sip", "disabled": "maybe"}, None),
+    (None, None),  # no service-port row `sip` on this build
+])
+def test_sip_helper_on(row: dict[str, str] | None, on: bool | None) -> None:
+    assert parse.sip_helper_on(row) is on
+
+
 @pytest.mark.parametrize(("protocol", "dst", "kind"), [
     ("udp", "203.0.113.10:5060", "sip"),
     ("tcp", "203.0.113.10:5061", "sip"),

@@ -73,6 +73,15 @@ def test_board_names(board: str, key: str | None) -> None:
     assert (model.key if model else None) == key
 
 
+def test_describe_names_model_version_line_and_files() -> None:
+    known = profiles.match(SET, "routeros", (7, 18, 2), ["RB2011UiAS"])
+    assert known.describe() == "RB2011UiAS on routeros 7.18.2 (line 7): rb2011.toml, os-7.toml"
+    unknown = profiles.match(SET, "routeros", (6, 49, 17), ["CCR2004-1G-12S+2XS"])
+    assert unknown.describe() == (
+        "unknown model 'CCR2004-1G-12S+2XS' on routeros 6.49.17 (line 6.49 defaults): "
+        "os-6.49.toml")
+
+
 def test_container_support_and_memory() -> None:
     by_key = {m.key: m for m in SET.models}
     assert not by_key["RB2011"].container_support and not by_key["hAP-ac2"].container_support

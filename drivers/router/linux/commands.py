@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+from typing import Any
 
 from drivers.errors import DeviceReplyError, NeedsHumanError, RetryableError
 
@@ -52,6 +54,24 @@ class Commands:
                 "nft -j printed a listing the agent cannot read; report it with the raw reply.",
                 raw=result.stdout,
             ) from exc
+
+    async def ruleset(self) -> dict[str, Any] | None:
+        """The namespace's whole ruleset as `nft -j` prints it, or None when it cannot be
+        read: only the SIP helper check uses it, and that check may say "cannot tell",
+        while the read-back it is part of must not fail for it."""
+        result = await self.run(["nft", "-j", "list", "ruleset"], None)
+        if result.returncode != 0:
+            return None
+        try:
+            document = json.loads(result.stdout)
+        except ValueError:
+            return None
+        return document if isinstance(document, dict) else None
+
+    async def module_loaded(self, name: str) -> bool:
+        """/sys/module is kernel-wide (not per namespace); a built-in module with
+        parameters (nf_conntrack_sip has ports=) is listed there too."""
+        return await asyncio.to_thread(os.path.isdir, f"/sys/module/{name}")
 
     async def read_proc(self, path: str) -> str | None:
         """A /proc value as seen inside the namespace (None when absent)."""

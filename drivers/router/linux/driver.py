@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -29,7 +30,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from drivers.errors import DeviceReplyError, NeedsHumanError, RetryableError
 from drivers.types import Counters, LinkEvent, LinkStatus, RouterState, VoipPath, VoipPolicy
 
-from . import readback, rules
+from . import readback, rules, sip_helper
 from .commands import NEEDS_ROOT, Commands
 from .rules import AGENT_PROTO, RouteSpec, RuleSpec
 
@@ -164,6 +165,22 @@ class LinuxRouterDriver:
                 await self._rule("del", rule)
 
     async def read_state(self) -> RouterState:
+        """The agent's table, rules and routes as the kernel holds them, and whether the
+        kernel's SIP helper acts on traffic here (reported, never changed: it is the
+        customer's). `profile` and `profile_matched` stay None: Linux has no firmware
+        profiles, and a kernel version put there would read as a matched, tested one.
+
+        The SIP helper reads (two subprocesses in a namespace, about 20 ms) run alongside
+        the netlink dumps: the controller reads the state back right after each switch."""
+        sip_reads = asyncio.ensure_future(self._sip_helper_on())
+        try:
+            state = await self._read_installed()
+        except BaseException:
+            sip_reads.cancel()
+            raise
+        return dataclasses.replace(state, sip_helper_on=await sip_reads)
+
+    async def _read_installed(self) -> RouterState:
         policy = self._policy
         async with self._lock:
             listing = await self._commands.listing()
@@ -193,6 +210,16 @@ class LinuxRouterDriver:
             voice_bytes=listing.split_bytes(rules.VOICE_COUNTER) if listing else None,
             agent_bytes=listing.split_bytes(rules.AGENT_COUNTER) if listing else None,
         )
+
+    async def _sip_helper_on(self) -> bool | None:
+        """The reads for sip_helper.sip_helper_on, side by side: nft and /proc as this
+        namespace sees them, and /sys/module (kernel-wide)."""
+        ruleset, auto_assign, loaded = await asyncio.gather(
+            self._commands.ruleset(),
+            self._commands.read_proc(sip_helper.AUTO_ASSIGN_PATH),
+            self._commands.module_loaded(sip_helper.SIP_MODULE),
+        )
+        return sip_helper.sip_helper_on(ruleset, auto_assign, loaded)
 
     async def remove_all(self) -> int:
         """Delete the agent's table, rules and routes, found by their markers alone (so it

@@ -267,6 +267,7 @@ class RouterOSDriver:
         return out
 
     async def _sip_helper(self) -> dict[str, str] | None:
+        """The service-port row `sip`; None when this build has none."""
         rows = await self._call(f"{c.SERVICE_PORT}/print", queries=["?name=sip"],
                                 proplist=[".id", "name", "disabled"])
         return rows[0] if rows else None
@@ -328,6 +329,9 @@ class RouterOSDriver:
         return rows[0][".id"] if rows else None
 
     async def read_state(self) -> RouterState:
+        """The agent's items, the switch, drift and notices, read from the router; also
+        the SIP helper (`sip_helper_on`, even before any apply: the installer checks it
+        first) and the matched firmware profile (`profile`, `profile_matched`)."""
         async with self._ops:
             await self._refresh_identity()
             actual = await self._read_config()
@@ -342,13 +346,15 @@ class RouterOSDriver:
                                             self._identity.os_version)
         found = reconcile.installed(actual)
         self._switch_id = found.switch_id
+        # Reported whether or not a policy was applied: the installer checks it first.
+        sip_helper_on = parse.sip_helper_on(helper)
         drift: tuple[str, ...] = ()
         if self._desired:
             plan = reconcile.plan(self._desired, actual, dialect=self._dialect, switch_on=False)
             drift = plan.drift
             for sentence in plan.foreign:
                 self._notice(sentence[0].upper() + sentence[1:] + ".")
-            if helper is not None and parse.to_bool(helper.get("disabled")) is not True:
+            if sip_helper_on:
                 drift += (SIP_HELPER_DRIFT,)
         return RouterState(
             policy_installed=found.any_item,
@@ -358,6 +364,9 @@ class RouterOSDriver:
             blocked_bytes=found.blocked_bytes,
             identity=self._identity,
             notices=self._take_notices(),
+            sip_helper_on=sip_helper_on,
+            profile=self.profile.describe() if self.profile else None,
+            profile_matched=(self.profile.model is not None) if self.profile else None,
         )
 
     async def remove_all(self) -> int:

@@ -97,6 +97,18 @@ def to_bool(value: str | None) -> bool | None:
     return None
 
 
+def sip_helper_on(row: Mapping[str, str] | None) -> bool | None:
+    """Whether the SIP helper (`/ip firewall service-port` row `sip`) is on.
+
+    None when the router has no such row (some builds lack it) or its `disabled` cannot
+    be read: "cannot tell" is not "off", so an installer's check does not pass on a guess.
+    """
+    if row is None:
+        return None
+    disabled = to_bool(row.get("disabled"))
+    return None if disabled is None else not disabled
+
+
 def to_int(value: str | None) -> int | None:
     if value is None or not value.strip():
         return None
