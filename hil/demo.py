@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -228,6 +229,15 @@ def run(dwell_s: float) -> int:
                 "mwan3 defaults 40-130 s"
             )
             n.say(f"fleet received {len(fleet.messages('/evt'))} events over MQTT")
+
+            n.banner("3. the installer's failover test (cpe-agent failover-test)")
+            figures["installer_test_exit"] = installer_test(n, lab, voice)
+            wait_until_quiet(lambda: any(m.get("kind") == "test_finished"
+                                         for m in fleet.messages("/evt")), 10)
+            finished = [m for m in fleet.messages("/evt") if m.get("kind") == "test_finished"]
+            if finished:
+                n.say(f"the provider received the report as event test_finished "
+                      f"(verdict {finished[-1].get('data', {}).get('verdict')})")
             voice.stop()
             fleet.stop()
         except KeyboardInterrupt:
@@ -237,6 +247,27 @@ def run(dwell_s: float) -> int:
             lab.down()
             n.say("lab torn down")
     return 0
+
+
+def installer_test(n: Narrator, lab: Lab, voice: VoicePath) -> int:
+    """What an installer runs at a new site, through the running agent: record where the
+    modem is, then the test, its checklist filling in as it goes."""
+    agent = voice.agent
+    cpe_agent = str(Path(sys.executable).with_name("cpe-agent"))
+    env = {**os.environ, "CPE_AGENT_AGENT__STATE_DIR": str(agent.state_dir),
+           "CPE_AGENT_AGENT__RUNTIME_DIR": str(agent.runtime_dir)}
+    config = ["--config", str(lab.config_path)]
+    n.say("$ cpe-agent location record   (the modem's cells at the business address)")
+    lab.exec("cpe", [cpe_agent, "location", "record", "--samples", "1", "--interval-s", "0",
+                     *config], env=env, timeout=60)
+    n.say("$ cpe-agent failover-test")
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", lab.ns("cpe"), cpe_agent, "failover-test", *config],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert process.stdout is not None
+    for line in process.stdout:
+        print("    " + line.rstrip(), flush=True)
+    return process.wait(timeout=180)
 
 
 def cut_and_restore(

@@ -176,7 +176,8 @@ class Lab:
         self.spawn(
             t.CPE,
             [sys.executable, "-m", "hil.sims.at_modem", "--profile", "quectel-ec25",
-             "--link", str(modem_link), "--boot-s", "0.5"],
+             "--link", str(modem_link), "--boot-s", "0.5",
+             "--control", f"127.0.0.1:{t.MODEM_CONTROL_PORT}"],
             name="modem",
         )
         wanted = {name: (t.SBC, "udp", a, t.SIP_PORT) for name, a in t.SBC_ADDRESSES.items()}
@@ -184,6 +185,7 @@ class Lab:
             {echo_name(name): (t.SBC, "udp", a, t.ECHO_PORT) for name, a in t.SBC_ADDRESSES.items()}
         )
         wanted["web"] = (t.WEB, "tcp", t.WEB_ADDRESS, t.WEB_PORT)
+        wanted["modem"] = (t.CPE, "tcp", "127.0.0.1", t.MODEM_CONTROL_PORT)
         if mqtt:
             conf = self.lab_dir / "mosquitto.conf"
             conf.write_text(
@@ -195,6 +197,7 @@ class Lab:
         self._wait_listening(wanted)
         if not wait_until(modem_link.exists, 10):
             raise LabError(f"the simulated modem did not start; see {self.log_dir}/modem.log")
+        self.modem("set_signal", **t.MODEM_SIGNAL)
 
     def _wait_listening(self, wanted: dict[str, tuple[str, str, str, int]]) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -385,6 +388,15 @@ class Lab:
         """Send a SIP OPTIONS from the node; the parsed final response, `answered` False if none."""
         return self._probe(node, ["sip-options", address, "--port", str(port),
                                   "--timeout", str(timeout_s)])
+
+    def modem(self, op: str, **args: Any) -> Any:
+        """Drive the simulated modem through its side channel (hil/sims/at_modem.py
+        CONTROL_OPS: remove_sim, insert_sim, set_signal, set_registration, ...)."""
+        reply = self._probe(t.CPE, ["modem", op, "--port", str(t.MODEM_CONTROL_PORT),
+                                    "--args", json.dumps(args)])
+        if not reply.get("ok"):
+            raise LabError(f"the simulated modem refused {op}: {reply.get('error')}")
+        return reply.get("result")
 
     def http_get(self, node: str, url: str, *, timeout_s: float = 2.0) -> int | None:
         """The HTTP status of GET url from the node, or None when unreachable."""

@@ -160,6 +160,14 @@ def http_get(url: str, timeout_s: float = 2.0) -> dict:
         return {"url": url, "status": None, "error": str(exc)}
 
 
+def modem_control(op: str, port: int, args: dict, timeout_s: float = 5.0) -> dict:
+    """One request on the simulated modem's side channel (JSON lines over TCP loopback)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as conn:
+        conn.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        reply = conn.makefile("rb").readline()
+    return dict(json.loads(reply))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hil.lab.probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,9 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--timeout", type=float, default=1.0)
     u.add_argument("--source", help="bind to this local address")
     u.add_argument("--device", help="bind to this interface (SO_BINDTODEVICE)")
+    m = sub.add_parser("modem")
+    m.add_argument("op")
+    m.add_argument("--port", type=int, required=True)
+    m.add_argument("--args", default="{}", help="the operation's arguments, as JSON")
     args = parser.parse_args(argv)
 
-    if args.command == "ping":
+    if args.command == "modem":
+        result = modem_control(args.op, args.port, json.loads(args.args))
+        ok = bool(result.get("ok"))
+    elif args.command == "ping":
         result = ping(args.address, args.count, args.timeout)
         ok = result["received"] > 0
     elif args.command == "sip-options":

@@ -103,6 +103,10 @@ SIP_PORT = 5060
 RTP_PORT = 16384
 #: UDP echo (RFC 862) on every SBC address: the installer's test measures voice with it.
 ECHO_PORT = 7
+#: The simulated modem's side channel (JSON lines), on loopback inside the CPE namespace.
+MODEM_CONTROL_PORT = 7581
+#: The lab's modem starts with good coverage (grade "good"); tests change it.
+MODEM_SIGNAL = {"rsrp_dbm": -85, "rsrq_db": -9, "sinr_db": 16, "rssi_dbm": -60}
 
 # --- a web host on the internet ----------------------------------------------------------
 WEB_UP_IF = "up0"
