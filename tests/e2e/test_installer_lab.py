@@ -171,7 +171,8 @@ def person_run(lab: Lab, agent: AgentProcess, *extra: str) -> subprocess.Popen[s
            "CPE_AGENT_AGENT__RUNTIME_DIR": str(agent.runtime_dir)}
     return subprocess.Popen(
         ["ip", "netns", "exec", lab.ns(t.CPE), str(CPE_AGENT), "failover-test", "--config",
-         str(lab.config_path), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+         str(lab.config_path), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def read_until(process: subprocess.Popen[str], text: str) -> list[str]:
@@ -229,7 +230,8 @@ def test_primary_not_back_keeps_voip_on_lte_and_says_so(lab: Lab, tmp_path: Path
         assert "VoIP stays on LTE until the primary is healthy" in out
         assert agent.status()["voip_path"] == "cellular"
         lab.impair("primary", "up")
-        agent.wait_for(lambda s: s["voip_path"] == "primary", 60, "the failback")  # by itself, after the dwell
+        # The agent moves VoIP back by itself, after the dwell.
+        agent.wait_for(lambda s: s["voip_path"] == "primary", 60, "the failback")
         assert not switch_rule_present(lab)
     finally:
         agent.stop()

@@ -12,7 +12,6 @@ trying, backing off; only what needs a human ends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -44,17 +43,28 @@ class Stream:
         self._session: Session | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any, deadline_s: float) -> T:
+        """`fn` on the worker thread, under a deadline (TimeoutError).
+
+        Waits with asyncio.wait, never asyncio.wait_for: on Python 3.11 a cancellation
+        that lands after the worker's result is in but before this task resumes makes
+        wait_for return the result and drop the cancellation; the listen reads every
+        second, so a cancelled watch kept running.
+        """
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, fn, *args)
+        # An abandoned worker's error (the read that an abort ended) is nobody's to log.
+        future.add_done_callback(_consume)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), deadline_s)
+            done, _ = await asyncio.wait({future}, timeout=deadline_s)
+            if not done:
+                raise TimeoutError
+            return future.result()
         except BaseException:
             if self._session is not None:
                 self._session.abort()
-            # Give the worker a moment to notice the abort, but let a second cancellation
-            # through: suppressing it could leave the watch un-cancellable.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(future, 2.0)
+            # Give the worker a moment to notice the abort; a second cancellation goes
+            # through (asyncio.wait never swallows one).
+            await asyncio.wait({future}, timeout=2.0)
             raise
 
     async def open(self) -> None:
@@ -193,6 +203,11 @@ async def _listen(stream: Stream) -> AsyncIterator[dict[str, str]]:
                                  remedy=UNREACHABLE_REMEDY)
         if word == "!re":
             yield attrs
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _listen_failed(word: str, attrs: Mapping[str, str]) -> None:
