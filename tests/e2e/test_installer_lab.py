@@ -59,6 +59,8 @@ def healthy_site(lab: Lab) -> Iterator[None]:
 def failover_test(lab: Lab, *extra: str, env: dict[str, str] | None = None,
                   timeout_s: float = 150) -> tuple[int, dict[str, Any]]:
     argv = [str(CPE_AGENT), "failover-test", "--json", "--config", str(lab.config_path), *extra]
+    # CPE_TEST_FAULTHANDLER=1: a command that hangs prints every thread's stack after
+    # 100 s and exits (how the lost-cancellation hang at shutdown was found).
     if os.environ.get("CPE_TEST_FAULTHANDLER"):
         argv = [str(CPE_AGENT.parent / "python"), "-X", "faulthandler", "-c",
                 "import faulthandler,sys; faulthandler.dump_traceback_later(100, exit=True); "
