@@ -28,6 +28,8 @@ IP_UDP_HEADER_BYTES = 28
 #: Arrival spreads shorter than this cannot be told apart from timer and scheduling
 #: noise of a user-space receiver: the capacity is then only a lower bound.
 DEFAULT_RESOLUTION_S = 0.001
+#: From this many echoes on, the first quarter of the train is left out of the rate.
+TAIL_MIN_PACKETS = 8
 #: One G.711 call at 20 ms, one direction: 50 x (172 B RTP + 28 B IP/UDP) = 80 kbit/s,
 #: plus link-layer framing: the usual planning figure.
 DEFAULT_CALL_KBPS = 90.0
@@ -224,6 +226,8 @@ def capacity_figures(
       instead, as a lower bound (`at_least`). The same holds when the train came back
       no more spread than it left (`send_span_s`, the time the sender took): the
       sender, not the path, set the spacing.
+    * Burst allowances: with `TAIL_MIN_PACKETS` or more echoes, the first quarter (by
+      arrival) is left out, so a token bucket's burst does not inflate the rate.
     * Lost packets: the spread of those that arrived is used; a packet lost before the
       bottleneck shortens the train and does not bias the rate, one lost after it
       leaves a gap and biases it low.
@@ -245,15 +249,20 @@ def capacity_figures(
     rate_kbps: float | None = None
     calls: int | None = None
     at_least = False
-    if received >= 2:
-        spread_s = max(arrivals_s) - min(arrivals_s)
+    timed = sorted(arrivals_s)
+    if received >= TAIL_MIN_PACKETS:
+        # Skip the train's head: a shaper's burst allowance (a token bucket, an LTE
+        # grant) lets it through at line rate; the tail is paced by the bottleneck.
+        timed = timed[received // 4 :]
+    if len(timed) >= 2:
+        spread_s = timed[-1] - timed[0]
         floor_s = resolution_s
         if send_span_s is not None:
             floor_s = max(floor_s, send_span_s + resolution_s)
         if spread_s < floor_s:
             at_least = True
             spread_s = max(spread_s, resolution_s)
-        rate_kbps = (received - 1) * packet_bytes * 8 / spread_s / 1000.0
+        rate_kbps = (len(timed) - 1) * packet_bytes * 8 / spread_s / 1000.0
         calls = math.floor(rate_kbps / call_kbps)
     return CapacityFigures(
         packets_sent=packets_sent,

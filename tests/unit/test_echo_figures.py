@@ -262,11 +262,18 @@ CAPACITY = [
         dict(rate_kbps=2 * KBIT_PER_GAP / 0.02, calls=10, at_least=False),
     ),
     (
-        "spread below 1 ms: a lower bound over 1 ms (39 x 9.6 kbit / 1 ms)",
+        "spread below 1 ms: a lower bound over 1 ms (the last 30: 29 x 9.6 kbit / 1 ms)",
         40,
         _spaced(40, 0.00001),
         {},
-        dict(rate_kbps=374_400.0, calls=4160, at_least=True),
+        dict(rate_kbps=278_400.0, calls=3093, at_least=True),
+    ),
+    (
+        "a shaper's burst lets 10 through at once; the tail's 10 ms spacing is the rate",
+        40,
+        [i * 0.0001 for i in range(10)] + [0.001 + i * 0.01 for i in range(30)],
+        {},
+        dict(rate_kbps=KBIT_PER_GAP / 0.01, calls=10, at_least=False),
     ),
     (
         "all at one instant: still a lower bound, not a division by zero",
