@@ -30,6 +30,7 @@ from agent.status import write_status
 from agent.store import Store
 from agent.telemetry.mqtt import TelemetryClient
 from agent.timesource import NetworkTimeSource, kernel_clock_synced, set_system_clock
+from drivers import aio
 from drivers.errors import DriverError
 from drivers.modem.base import ModemDriver
 from drivers.router.base import RouterDriver, RouterPinger
@@ -351,8 +352,10 @@ class Agent:
 
     async def _decide_loop(self) -> None:
         while True:
+            # Not asyncio.wait_for: on 3.11 a cancel that came as an assessment woke this
+            # loop was lost, and run_until's gather waited for ever (drivers.aio).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), EVALUATE_EVERY_S)
+                await aio.wait_for(self._changed.wait(), EVALUATE_EVERY_S)
             self._changed.clear()
             await self.decide()
 

@@ -29,6 +29,7 @@ from agent.fleet.state import NotifierState, StateError
 from agent.telemetry import contract
 from agent.telemetry.contract import Channel, EventPayload, TelemetryPayload
 from agent.telemetry.mqtt import Delivery, FleetClient
+from drivers import aio
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +257,10 @@ class Notifier:
                     self.state.mail_sent(mail.id, self.clock.wall())
             next_try = self.state.next_try_wall_s()
             timeout_s = 60.0 if next_try is None else max(0.05, next_try - self.clock.wall())
+            # Not asyncio.wait_for: on 3.11 a cancel that came as mail was queued was
+            # lost, and the loop ran on until `stop` (drivers.aio).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(self._wake, stop), min(timeout_s, 60.0))
+                await aio.wait_for(_first(self._wake, stop), min(timeout_s, 60.0))
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -26,6 +26,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+from drivers import aio
 from drivers.errors import DeviceReplyError, DriverError, RetryableError, UnsupportedError
 from drivers.modem.at import parsers as p
 from drivers.modem.at.protocol import AtCommander, AtError, AtResponse, classify_final, error_for
@@ -228,7 +229,7 @@ class RouterOSAtChannel:
     ) -> AtResponse:
         try:
             coro = self.runner.run("/interface/lte/at-chat", numbers=self.interface, input=cmd)
-            rows = await (asyncio.wait_for(coro, timeout_s) if timeout_s else coro)
+            rows = await (aio.wait_for(coro, timeout_s) if timeout_s else coro)
         except TimeoutError as exc:
             raise RetryableError(f"The router's modem did not answer {cmd} in time.") from exc
         except DeviceReplyError as exc:

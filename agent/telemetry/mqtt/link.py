@@ -32,6 +32,7 @@ from agent.telemetry.mqtt.transport import DeviceHandlers, DeviceTransport
 from agent.telemetry.outbox import Outbox
 from agent.telemetry.schedule import TelemetrySchedule
 from agent.telemetry.wire import WireMeter
+from drivers import aio
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,10 @@ class LinkWork:
             due_s = self._schedule.next_due_s(now_s, cellular=self._uplink == "cellular")
             if due_s is not None:
                 timeout_s = min(timeout_s, max(0.01, due_s - now_s))
+            # Not asyncio.wait_for: on 3.11 a cancel that came with a wake-up was lost and
+            # a cancelled client served on until `stop` (drivers.aio).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout_s)
+                await aio.wait_for(self._wake.wait(), timeout_s)
 
     def _fill(self, link: Link) -> None:
         room = self.options.window - self.outbox.inflight

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import serial
 
+from drivers import aio
 from drivers.errors import NeedsHumanError, RetryableError
 from drivers.modem.at.protocol import AtResponse, classify_final, error_for, reply_prefix
 
@@ -223,7 +224,7 @@ class AtChannel:
 
         unsubscribe = self.subscribe(prefix, got)
         try:
-            return await asyncio.wait_for(fut, timeout_s)
+            return await aio.wait_for(fut, timeout_s)
         except TimeoutError as exc:
             raise AtTimeout(f"The modem did not say {prefix} within {timeout_s:g} s.") from exc
         finally:
@@ -274,7 +275,9 @@ class AtChannel:
                     f"Writing to the modem port {self.url} failed ({exc})."
                 ) from exc
             try:
-                final = await asyncio.wait_for(inflight.future, timeout_s)
+                # Not asyncio.wait_for: on 3.11 a cancel that came with the final result
+                # was lost, and the modem watch that was polling polled on (drivers.aio).
+                final = await aio.wait_for(inflight.future, timeout_s)
             except TimeoutError as exc:
                 self.consecutive_timeouts += 1
                 self._stale = True

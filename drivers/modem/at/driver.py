@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from drivers import aio
 from drivers.errors import DeviceReplyError, NeedsHumanError, RetryableError, UnsupportedError
 from drivers.modem import profiles
 from drivers.modem.at import parsers as p
@@ -302,7 +303,7 @@ class AtModemDriver:
                 port_went_away = True
             if watch_urc and not port_went_away:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready.wait(), min(1.0, deadline - loop.time()))
+                    await aio.wait_for(ready.wait(), min(1.0, deadline - loop.time()))
                 continue
             try:
                 await self.at.command("AT", timeout_s=1.0)

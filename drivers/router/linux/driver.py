@@ -27,6 +27,7 @@ from pyroute2.conntrack import AsyncConntrack
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
+from drivers import aio
 from drivers.errors import DeviceReplyError, NeedsHumanError, RetryableError
 from drivers.types import Counters, LinkEvent, LinkStatus, RouterState, VoipPath, VoipPolicy
 
@@ -452,7 +453,7 @@ class LinuxRouterDriver:
         method = getattr(self._iproute(), kind)
         with self._errors(f"{command} the {kind} '{what}'"):
             try:
-                await asyncio.wait_for(method(command, **spec), self.timeout_s)
+                await aio.wait_for(method(command, **spec), self.timeout_s)
             except NetlinkError as exc:
                 if command == "add" and exc.code == errno.EEXIST:
                     return 0

@@ -190,6 +190,20 @@ class Session:
             self.api.close()
 
 
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _close_abandoned_login(future: asyncio.Future[Any]) -> None:
+    """A login that succeeded after all (as its deadline passed or a cancel came): nobody
+    holds that session, so close it rather than leave the connection open."""
+    if not future.cancelled() and future.exception() is None:
+        made = future.result()
+        if isinstance(made, Session):
+            made.abort()
+
+
 def words_for(args: Mapping[str, str] | None, queries: Sequence[str] = (),
               proplist: Sequence[str] | None = None, tag: str | None = None) -> list[str]:
     words = [f"={k}={v}" for k, v in (args or {}).items()]
@@ -310,17 +324,32 @@ class Channel:
 
     async def _in_worker(self, fn: Callable[..., T], *args: Any, deadline_s: float,
                          session: Session | None) -> T:
+        """`fn` on the worker thread, under a deadline (TimeoutError).
+
+        Waits with asyncio.wait, never asyncio.wait_for: on Python 3.11 a cancellation
+        that lands after the worker's result is in but before this task resumes makes
+        wait_for return the result and drop the cancellation, and the agent's loops that
+        poll the router then never end.
+        """
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._pool(), fn, *args)
+        # An abandoned worker's error (the command that an abort ended) is nobody's to log.
+        future.add_done_callback(_consume)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), deadline_s)
+            done, _ = await asyncio.wait({future}, timeout=deadline_s)
+            if not done:
+                raise TimeoutError
+            return future.result()
         except BaseException:
-            # Timed out or cancelled mid-command: the session's stream can no longer be
-            # trusted. Shutting the socket down unblocks the worker at once.
+            # Timed out, failed or cancelled mid-command: the session's stream can no
+            # longer be trusted. Shutting the socket down unblocks the worker at once.
             if session is not None:
                 session.abort()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(future, 2.0)
+            else:  # a login: one that succeeds now (or later) is nobody's session
+                future.add_done_callback(_close_abandoned_login)
+            # Give the worker a moment to notice the abort; a cancellation meanwhile goes
+            # through (asyncio.wait never swallows one), never turned into the timeout.
+            await asyncio.wait({future}, timeout=2.0)
             raise
 
     async def _connect(self) -> Session:
