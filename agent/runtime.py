@@ -321,7 +321,7 @@ class Agent:
 
     # --- decisions ------------------------------------------------------------------
 
-    def _verdict(self, role: LinkRole) -> Verdict:
+    def link_verdict(self, role: LinkRole) -> Verdict:
         assessment = self.assessments.get(role)
         return Verdict(assessment.verdict) if assessment is not None else Verdict.UNKNOWN
 
@@ -332,8 +332,8 @@ class Agent:
         if primary is not None and cellular is not None:
             better = health_wiring.cellular_better(self.settings, primary, cellular)
         return Observation(
-            primary=self._verdict(LinkRole.PRIMARY),
-            cellular=self._verdict(LinkRole.CELLULAR),
+            primary=self.link_verdict(LinkRole.PRIMARY),
+            cellular=self.link_verdict(LinkRole.CELLULAR),
             cellular_better=better,
             active_calls=self.active_calls,
         )
@@ -378,9 +378,6 @@ class Agent:
         self._after(transition)
         return transition
 
-    def link_verdict(self, role: LinkRole) -> Verdict:
-        return self._verdict(role)
-
     def link_binding(self, role: LinkRole) -> tuple[str | None, str | None]:
         """(source address, device) for a socket that must leave by one link.
 
@@ -389,12 +386,8 @@ class Agent:
         """
         if isinstance(self.router, RouterPinger):
             return None, None
-        links = self.settings.links
-        link = links.primary if role is LinkRole.PRIMARY else links.cellular
-        source = self.link_sources.get(role.value)
-        if link.source_address:
-            source = str(link.source_address)
-        return source, link.interface
+        link = health_wiring.link_settings(self.settings, role.value)
+        return health_wiring.link_source(link, role.value, self.link_sources), link.interface
 
     def _after(self, transition: Transition | None) -> None:
         if transition is not None:
@@ -502,7 +495,7 @@ class Agent:
         last_telemetry_s = -TELEMETRY_EVERY_S
         while True:
             if self.meter is not None:
-                primary_up = self._verdict(LinkRole.PRIMARY) is Verdict.UP
+                primary_up = self.link_verdict(LinkRole.PRIMARY) is Verdict.UP
                 self.meter.note_links(self.controller.state.mode, primary_up)
                 if self.telemetry is not None:
                     # The agent's own MQTT bytes on LTE (IP+TCP+TLS+MQTT) reach the meter.

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.clock import Clock
-from agent.config import Settings
+from agent.config import LinkSection, Settings
 from agent.health.monitor import LinkSpec, Monitor
 from agent.health.probes import IcmpProber, SipOptionsProber
 from agent.health.scoring import HealthPolicy, LinkAssessment, cellular_better_for_voice
@@ -55,6 +55,16 @@ class RouterPingProber:
         """Nothing to close: the router driver owns the session."""
 
 
+def link_settings(settings: Settings, role: str) -> LinkSection:
+    return settings.links.primary if role == "primary" else settings.links.cellular
+
+
+def link_source(link: LinkSection, role: str, found: dict[str, str | None]) -> str | None:
+    """The address a socket for this link binds: the configured one, else the one the
+    router reported for the link's interface at start."""
+    return str(link.source_address) if link.source_address else found.get(role)
+
+
 def build_monitor(
     settings: Settings,
     clock: Clock,
@@ -93,7 +103,7 @@ def build_monitor(
                 port = settings.router.cellular_probe_port
             sip = SipOptionsProber(monotonic=clock.monotonic, local_port=port)
         else:
-            source = str(link.source_address) if link.source_address else source_addresses.get(role)
+            source = link_source(link, role, source_addresses)
             icmp = IcmpProber(
                 monotonic=clock.monotonic, source_address=source, device=link.interface
             )

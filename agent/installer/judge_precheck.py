@@ -195,8 +195,9 @@ def coverage(report: SignalReport | None, grade: Coverage | None) -> StepResult:
         "rssi_dbm": report.rssi_dbm,
         "band": report.band,
     }
+    units = {"dbm": "dBm", "db": "dB"}
     shown = ", ".join(
-        f"{k.split('_')[0].upper()} {v} {k.split('_')[1]}"
+        f"{k.split('_')[0].upper()} {v} {units[k.split('_')[1]]}"
         for k, v in radio.items()
         if v is not None and k != "band"
     )

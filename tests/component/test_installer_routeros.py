@@ -38,6 +38,7 @@ from hil.sims.at_modem import AtModemSim
 from hil.sims.routeros import RouterOSSim
 from hil.sims.sip_peer import sipp_argv
 from hil.sims.udp_echo import UdpEchoResponder
+from tests.helpers.mosquitto import until
 
 USER, PASSWORD = "cpe-agent", "s3cret-for-tests"
 SBC = "127.0.0.2"  # loopback: the probes, SIP and echoes never leave the machine
@@ -171,23 +172,14 @@ async def site(tmp_path: Path, sbc: None) -> AsyncIterator[Site]:
             yield Site(router, modem, echo, settings, tmp_path)
 
 
-async def until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def with_agent(site: Site, body: Callable[[Agent], Awaitable[None]]) -> None:
     """Run the whole agent, wait for its first verdicts, run `body`, stop."""
 
     async def then(agent: Agent) -> None:
         await until(
-            lambda: agent.link_verdict(LinkRole.PRIMARY) is Verdict.UP, 20, "a healthy primary"
+            lambda: agent.link_verdict(LinkRole.PRIMARY) is Verdict.UP, "a healthy primary", 20
         )
-        await until(lambda: agent.modem_figures is not None, 20, "the modem's first report")
+        await until(lambda: agent.modem_figures is not None, "the modem's first report", 20)
         await body(agent)
 
     await asyncio.wait_for(run_agent(site.settings, then=then, handle_signals=False), 90)
@@ -352,8 +344,8 @@ async def test_primary_not_back_at_the_end_keeps_voip_on_lte_and_says_so(site: S
                 site.router.set_ping(SBC, None, routing_table="main")
                 await until(
                     lambda: agent.link_verdict(LinkRole.PRIMARY) is Verdict.DOWN,
-                    10,
                     "the primary judged down",
+                    10,
                 )
             return await real(which)
 

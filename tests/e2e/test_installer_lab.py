@@ -56,19 +56,10 @@ def healthy_site(lab: Lab) -> Iterator[None]:
     lab.modem("set_signal", **t.MODEM_SIGNAL)
 
 
-def failover_test(lab: Lab, *extra: str, env: dict[str, str] | None = None,
-                  timeout_s: float = 150) -> tuple[int, dict[str, Any]]:
-    argv = [str(CPE_AGENT), "failover-test", "--json", "--config", str(lab.config_path), *extra]
-    # CPE_TEST_FAULTHANDLER=1: a command that hangs prints every thread's stack after
-    # 100 s and exits (how the lost-cancellation hang at shutdown was found).
-    if os.environ.get("CPE_TEST_FAULTHANDLER"):
-        argv = [str(CPE_AGENT.parent / "python"), "-X", "faulthandler", "-c",
-                "import faulthandler,sys; faulthandler.dump_traceback_later(100, exit=True); "
-                "from agent.cli import main; sys.exit(main(sys.argv[1:]))", *argv[1:]]
-    kwargs: dict[str, Any] = {}
-    if env is not None:
-        kwargs["env"] = {**os.environ, **env}
-    done = lab.exec(t.CPE, argv, timeout=timeout_s, **kwargs)
+def failover_test(lab: Lab, timeout_s: float = 150) -> tuple[int, dict[str, Any]]:
+    """The command as an installer runs it with no agent running (in-process), --json."""
+    argv = [str(CPE_AGENT), "failover-test", "--json", "--config", str(lab.config_path)]
+    done = lab.exec(t.CPE, argv, timeout=timeout_s)
     assert done.stdout.strip(), done.stderr
     return done.returncode, json.loads(done.stdout)
 

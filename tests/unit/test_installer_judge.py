@@ -220,7 +220,7 @@ def test_coverage(grade: Grade, status: StepStatus) -> None:
     result = judge.coverage(report, Coverage(grade, "rsrp_dbm"))
     assert result.status is status
     if status is not StepStatus.FAIL:
-        assert "RSRP -95 dbm" in result.figure
+        assert "RSRP -95 dBm" in result.figure and "SINR 8.0 dB" in result.figure
 
 
 def test_location() -> None:
